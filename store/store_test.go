@@ -1,0 +1,65 @@
+package store
+
+import (
+	"errors"
+	"path/filepath"
+	"testing"
+)
+
+type rec struct{ A string }
+
+func TestPutGetForEachDelete(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.db")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Update(func(tx *Tx) error {
+		for _, k := range []string{"n1/a", "n1/b", "n2/a"} {
+			if err := tx.Put("b", k, rec{A: k}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// A failed transaction must leave nothing behind.
+	boom := errors.New("boom")
+	if err := s.Update(func(tx *Tx) error {
+		_ = tx.Put("b", "n3/x", rec{})
+		return boom
+	}); !errors.Is(err, boom) {
+		t.Fatalf("want boom, got %v", err)
+	}
+	s.Close()
+
+	s, err = Open(path) // state survives reopening
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	_ = s.View(func(tx *Tx) error {
+		var r rec
+		ok, err := tx.Get("b", "n1/b", &r)
+		if !ok || err != nil || r.A != "n1/b" {
+			t.Errorf("get: %v %v %+v", ok, err, r)
+		}
+		if ok, _ := tx.Get("b", "n3/x", &r); ok {
+			t.Error("rolled back record is present")
+		}
+		if n := tx.Count("b", "n1/"); n != 2 {
+			t.Errorf("count n1/ = %d, want 2", n)
+		}
+		return nil
+	})
+	_ = s.Update(func(tx *Tx) error { return tx.DeletePrefix("b", "n1/") })
+	_ = s.View(func(tx *Tx) error {
+		var keys []string
+		_ = tx.ForEach("b", "", func(k string, _ []byte) error { keys = append(keys, k); return nil })
+		if len(keys) != 1 || keys[0] != "n2/a" {
+			t.Errorf("keys after DeletePrefix = %v", keys)
+		}
+		return nil
+	})
+}
