@@ -1,0 +1,169 @@
+package firewall
+
+import (
+	"flag"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+func ip(s string) netip.Addr    { return netip.MustParseAddr(s) }
+
+func base() Network {
+	return Network{ID: "n1", Bridge: "weft-n1", Subnets: []netip.Prefix{pfx("10.20.0.0/24")}, ICC: true, Masquerade: true}
+}
+
+// goldenCases covers every option combination of the bridge type that changes rules.
+func goldenCases() map[string][]Network {
+	noICC := base()
+	noICC.ICC = false
+	noMasq := base()
+	noMasq.Masquerade = false
+	internal := base()
+	internal.Internal = true
+	internal.Ports = []PortMap{{Proto: "tcp", HostPort: 8080, ContainerIP: ip("10.20.0.2"), ContainerPort: 80}}
+	ports := base()
+	ports.Ports = []PortMap{
+		{Proto: "udp", HostPort: 5353, ContainerIP: ip("10.20.0.3"), ContainerPort: 53},
+		{Proto: "tcp", HostIP: ip("127.0.0.1"), HostPort: 8080, ContainerIP: ip("10.20.0.2"), ContainerPort: 80},
+		{Proto: "tcp", HostPort: 8081, ContainerIP: ip("10.20.0.2"), ContainerPort: 81},
+	}
+	dual := base()
+	dual.Subnets = append(dual.Subnets, pfx("fd00:1::/64"))
+	second := Network{ID: "n2", Bridge: "weft-n2", Subnets: []netip.Prefix{pfx("10.30.0.0/24")}, ICC: true, Masquerade: true}
+	return map[string][]Network{
+		"default":      {base()},
+		"icc-off":      {noICC},
+		"no-masq":      {noMasq},
+		"internal":     {internal},
+		"ports":        {ports},
+		"dual-stack":   {dual},
+		"two-networks": {second, base()},
+		"none":         nil,
+	}
+}
+
+func TestRenderGolden(t *testing.T) {
+	for name, nets := range goldenCases() {
+		t.Run(name, func(t *testing.T) {
+			got := "# IPv4\n" + Render(IPv4, nets).Format() + "# IPv6\n" + Render(IPv6, nets).Format()
+			path := filepath.Join("testdata", name+".golden")
+			if *update {
+				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run go test ./firewall -update to create it)", err)
+			}
+			if got != string(want) {
+				t.Errorf("rules differ from %s:\n--- got\n%s--- want\n%s", path, got, want)
+			}
+		})
+	}
+}
+
+func TestRenderIsolationOrder(t *testing.T) {
+	// Every rule about traffic into a bridge must come before any egress ACCEPT,
+	// or one weft network could reach another.
+	rs := Render(IPv4, goldenCases()["two-networks"])
+	rules := rs["filter"][ChainForward]
+	lastIn, firstOut := -1, len(rules)
+	for i, r := range rules {
+		s := join(r)
+		if strings.HasPrefix(s, "-o ") && strings.HasSuffix(s, "DROP") {
+			lastIn = i
+		}
+		if strings.HasPrefix(s, "-i ") && strings.HasSuffix(s, "-j ACCEPT") && !strings.Contains(s, " -o ") && i < firstOut {
+			firstOut = i
+		}
+	}
+	if lastIn < 0 || lastIn > firstOut {
+		t.Fatalf("ingress DROP at %d after egress ACCEPT at %d:\n%s", lastIn, firstOut, rs.Format())
+	}
+}
+
+func TestSyncIdempotentAndMinimal(t *testing.T) {
+	v4, v6 := NewFake(), NewFake()
+	_ = v4.Append("filter", "FORWARD", "-j", "DOCKER-USER")
+	_ = v4.Append("filter", "FORWARD", "-j", "DOCKER-ISOLATION-STAGE-1")
+	fw := New(v4, v6)
+	nets := []Network{base()}
+	if err := fw.Sync(nets); err != nil {
+		t.Fatal(err)
+	}
+	dump := v4.Dump()
+	if !strings.Contains(dump, "filter/FORWARD\n  -j DOCKER-USER\n  -j WEFT-FORWARD\n  -j DOCKER-ISOLATION-STAGE-1\n") {
+		t.Fatalf("weft jump not right after DOCKER-USER:\n%s", dump)
+	}
+	// A second sync with a forgotten cache must read the kernel and change nothing.
+	fw.Forget()
+	before := fw.Ops
+	if err := fw.Sync(nets); err != nil {
+		t.Fatal(err)
+	}
+	if fw.Ops != before {
+		t.Fatalf("repeated sync made %d changes", fw.Ops-before)
+	}
+	// Adding a port inserts rules without rebuilding the chain.
+	withPort := base()
+	withPort.Ports = []PortMap{{Proto: "tcp", HostPort: 8080, ContainerIP: ip("10.20.0.2"), ContainerPort: 80}}
+	before = fw.Ops
+	if err := fw.Sync([]Network{withPort}); err != nil {
+		t.Fatal(err)
+	}
+	// Exactly four inserts: DNAT accept, the DNAT itself, hairpin and localhost masquerade.
+	if got := fw.Ops - before; got != 4 {
+		t.Fatalf("one new port took %d changes, want 4 inserts:\n%s", got, v4.Dump())
+	}
+	if !strings.Contains(v4.Dump(), "--to-destination 10.20.0.2:80") {
+		t.Fatalf("DNAT rule missing:\n%s", v4.Dump())
+	}
+	// Removing the port removes exactly its rules again.
+	if err := fw.Sync(nets); err != nil {
+		t.Fatal(err)
+	}
+	if v4.Dump() != dump {
+		t.Fatalf("state after removing the port differs:\n%s\nwant\n%s", v4.Dump(), dump)
+	}
+	// The last network gone: hooks and chains gone, Docker's rules untouched.
+	if err := fw.Sync(nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{v4.Dump(), v6.Dump()} {
+		if strings.Contains(d, "WEFT") {
+			t.Fatalf("weft rules left after last network:\n%s", d)
+		}
+	}
+	if !strings.Contains(v4.Dump(), "-j DOCKER-USER") {
+		t.Fatal("Docker's rule was removed")
+	}
+}
+
+func TestSyncRepairsTamperedChain(t *testing.T) {
+	v4 := NewFake()
+	fw := New(v4, nil)
+	nets := []Network{base(), goldenCases()["two-networks"][0]}
+	if err := fw.Sync(nets); err != nil {
+		t.Fatal(err)
+	}
+	want := v4.Dump()
+	// Someone deletes a rule and adds a foreign one, and reorders: sync restores.
+	rules, _ := listRules(v4, "filter", ChainForward)
+	_ = v4.Delete("filter", ChainForward, strings.Fields(rules[0])...)
+	_ = v4.Append("filter", ChainForward, "-j", "ACCEPT")
+	_ = v4.Append("filter", ChainForward, strings.Fields(rules[0])...)
+	fw.Forget()
+	if err := fw.Sync(nets); err != nil {
+		t.Fatal(err)
+	}
+	if got := v4.Dump(); got != want {
+		t.Fatalf("not repaired:\n%s\nwant\n%s", got, want)
+	}
+}

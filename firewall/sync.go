@@ -1,0 +1,263 @@
+package firewall
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/sirupsen/logrus"
+)
+
+// IPTables is the part of go-iptables weft uses: the seam where tests put a fake.
+type IPTables interface {
+	ChainExists(table, chain string) (bool, error)
+	NewChain(table, chain string) error
+	List(table, chain string) ([]string, error)
+	Insert(table, chain string, pos int, rulespec ...string) error
+	Append(table, chain string, rulespec ...string) error
+	Delete(table, chain string, rulespec ...string) error
+	ClearChain(table, chain string) error
+	DeleteChain(table, chain string) error
+}
+
+// Firewall keeps weft's chains in both families equal to Render(nets).
+type Firewall struct {
+	mu      sync.Mutex
+	tables  map[Family]IPTables
+	applied map[Family]string // Format() of the last ruleset known to be in the kernel
+	// Ops counts kernel changes, so tests can check that a repeated Sync is a no-op.
+	Ops int
+}
+
+// New returns a Firewall over the given iptables handles; v6 may be nil
+// (IPv6 rules are then skipped).
+func New(v4, v6 IPTables) *Firewall {
+	f := &Firewall{tables: map[Family]IPTables{}, applied: map[Family]string{}}
+	if v4 != nil {
+		f.tables[IPv4] = v4
+	}
+	if v6 != nil {
+		f.tables[IPv6] = v6
+	}
+	return f
+}
+
+// Sync brings the kernel to the rules for nets. With no networks it removes
+// weft's hooks and chains altogether.
+func (f *Firewall) Sync(nets []Network) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, fam := range []Family{IPv4, IPv6} {
+		ipt, ok := f.tables[fam]
+		if !ok {
+			continue
+		}
+		rs := Render(fam, nets)
+		if len(nets) == 0 {
+			if err := f.remove(fam, ipt, rs); err != nil {
+				return err
+			}
+			delete(f.applied, fam)
+			continue
+		}
+		want := rs.Format()
+		if f.applied[fam] == want {
+			continue // unchanged since the last successful sync
+		}
+		delete(f.applied, fam)
+		if err := f.apply(fam, ipt, rs); err != nil {
+			return err
+		}
+		f.applied[fam] = want
+	}
+	return nil
+}
+
+// Forget drops the cache of what is in the kernel, so the next Sync checks every rule.
+func (f *Firewall) Forget() {
+	f.mu.Lock()
+	f.applied = map[Family]string{}
+	f.mu.Unlock()
+}
+
+func (f *Firewall) apply(fam Family, ipt IPTables, rs Ruleset) error {
+	for table, chains := range rs {
+		for chain, rules := range chains {
+			if err := f.ensureChain(ipt, table, chain); err != nil {
+				return fmt.Errorf("firewall: IPv%d %s/%s: %w", fam, table, chain, err)
+			}
+			if err := f.syncChain(ipt, table, chain, rules); err != nil {
+				return fmt.Errorf("firewall: IPv%d %s/%s: %w", fam, table, chain, err)
+			}
+		}
+	}
+	for _, h := range Hooks(fam) {
+		if err := f.ensureHook(ipt, h); err != nil {
+			return fmt.Errorf("firewall: IPv%d hook %s/%s: %w", fam, h.Table, h.Chain, err)
+		}
+	}
+	return nil
+}
+
+func (f *Firewall) remove(fam Family, ipt IPTables, rs Ruleset) error {
+	for _, h := range Hooks(fam) {
+		rules, err := listRules(ipt, h.Table, h.Chain)
+		if err != nil {
+			return fmt.Errorf("firewall: IPv%d list %s/%s: %w", fam, h.Table, h.Chain, err)
+		}
+		for _, r := range rules {
+			if r == join(h.Rule) {
+				if err := ipt.Delete(h.Table, h.Chain, h.Rule...); err != nil {
+					return fmt.Errorf("firewall: IPv%d remove hook %s/%s: %w", fam, h.Table, h.Chain, err)
+				}
+				f.Ops++
+			}
+		}
+	}
+	for table, chains := range rs {
+		for chain := range chains {
+			ok, err := ipt.ChainExists(table, chain)
+			if err != nil || !ok {
+				continue // a table this kernel lacks has no weft chain either
+			}
+			if err := ipt.ClearChain(table, chain); err != nil {
+				return fmt.Errorf("firewall: IPv%d clear %s/%s: %w", fam, table, chain, err)
+			}
+			if err := ipt.DeleteChain(table, chain); err != nil {
+				return fmt.Errorf("firewall: IPv%d delete %s/%s: %w", fam, table, chain, err)
+			}
+			f.Ops++
+		}
+	}
+	return nil
+}
+
+func (f *Firewall) ensureChain(ipt IPTables, table, chain string) error {
+	ok, err := ipt.ChainExists(table, chain)
+	if err != nil {
+		return err
+	}
+	if ok {
+		return nil
+	}
+	f.Ops++
+	return ipt.NewChain(table, chain)
+}
+
+// listRules returns a chain's rules without the "-A CHAIN " prefix.
+func listRules(ipt IPTables, table, chain string) ([]string, error) {
+	lines, err := ipt.List(table, chain)
+	if err != nil {
+		return nil, err
+	}
+	prefix := "-A " + chain + " "
+	var out []string
+	for _, l := range lines {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, strings.TrimPrefix(l, prefix))
+		}
+	}
+	return out, nil
+}
+
+// syncChain edits a chain in place so that it holds exactly want, without
+// flushing it: the rules that stay are never absent, not even briefly.
+func (f *Firewall) syncChain(ipt IPTables, table, chain string, want []Rule) error {
+	cur, err := listRules(ipt, table, chain)
+	if err != nil {
+		return err
+	}
+	wantStr := make([]string, len(want))
+	wantCount := map[string]int{}
+	for i, r := range want {
+		wantStr[i] = join(r)
+		wantCount[wantStr[i]]++
+	}
+	if equal(cur, wantStr) {
+		return nil
+	}
+	// 1. Delete what is not wanted (or wanted fewer times).
+	var kept []string
+	seen := map[string]int{}
+	for _, c := range cur {
+		seen[c]++
+		if seen[c] > wantCount[c] {
+			if err := ipt.Delete(table, chain, strings.Fields(c)...); err != nil {
+				return err
+			}
+			f.Ops++
+			continue
+		}
+		kept = append(kept, c)
+	}
+	// 2. If what is left is in the wanted order, insert the missing rules in
+	// place; otherwise rebuild the chain.
+	if !subsequence(kept, wantStr) {
+		if err := ipt.ClearChain(table, chain); err != nil {
+			return err
+		}
+		f.Ops++
+		for _, r := range want {
+			if err := ipt.Append(table, chain, r...); err != nil {
+				return err
+			}
+			f.Ops++
+		}
+		return nil
+	}
+	k := 0
+	for i, w := range wantStr {
+		if k < len(kept) && kept[k] == w {
+			k++
+			continue
+		}
+		if err := ipt.Insert(table, chain, i+1, want[i]...); err != nil {
+			return err
+		}
+		f.Ops++
+	}
+	return nil
+}
+
+func (f *Firewall) ensureHook(ipt IPTables, h Hook) error {
+	rules, err := listRules(ipt, h.Table, h.Chain)
+	if err != nil {
+		return err
+	}
+	want := join(h.Rule)
+	pos := 1
+	for i, r := range rules {
+		if r == want {
+			return nil
+		}
+		if h.After != "" && r == "-j "+h.After && pos == 1 {
+			pos = i + 2
+		}
+	}
+	f.Ops++
+	logrus.WithFields(logrus.Fields{"table": h.Table, "chain": h.Chain}).Debug("firewall: installing jump to weft chain")
+	return ipt.Insert(h.Table, h.Chain, pos, h.Rule...)
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// subsequence reports whether a appears in b in the same order.
+func subsequence(a, b []string) bool {
+	j := 0
+	for _, x := range b {
+		if j < len(a) && a[j] == x {
+			j++
+		}
+	}
+	return j == len(a)
+}
