@@ -1,0 +1,50 @@
+# weft: build, install into the local Docker, test, benchmark.
+PLUGIN      ?= weft:latest
+GO          ?= go
+GOFLAGS_BLD := -tags nosystemd -trimpath
+BIN         := bin/weft
+
+.PHONY: all build rootfs plugin-dir install uninstall demo test unit e2e bench vet fmt clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BLD) -ldflags '-s -w' -o $(BIN) ./plugin
+
+# rootfs/ is generated (gitignored): weft plus the iptables binaries it runs.
+rootfs: build
+	scripts/build-rootfs.sh $(BIN) rootfs
+
+# docker plugin create wants a directory with config.json and rootfs/ only.
+plugin-dir: rootfs
+	rm -rf build/plugin && mkdir -p build/plugin
+	cp config.json build/plugin/ && cp -a rootfs build/plugin/
+
+# Install (or reinstall) the plugin into the local Docker and enable it.
+install: plugin-dir
+	scripts/install.sh $(PLUGIN) build/plugin
+
+uninstall:
+	-docker plugin disable -f $(PLUGIN)
+	-docker plugin rm -f $(PLUGIN)
+
+# First README command: from a fresh machine to two containers talking.
+demo:
+	scripts/demo.sh
+
+# Second README command: the whole suite, as CI runs it.
+test: unit e2e
+
+unit:
+	$(GO) vet -tags nosystemd ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) test -tags nosystemd -count=1 $$($(GO) list -tags nosystemd ./... | grep -v /e2e)
+
+e2e:
+	scripts/e2e.sh
+
+bench:
+	scripts/bench.sh
+
+clean:
+	rm -rf bin rootfs build

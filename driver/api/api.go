@@ -1,0 +1,86 @@
+// Package api holds what the driver core and the network types share: the
+// stored network and endpoint records and the interface every network type
+// (bridge now; macvlan, ipvlan, overlay later) implements.
+package api
+
+import (
+	"net/netip"
+
+	"github.com/weft-net/weft/firewall"
+)
+
+// Network is a weft network as persisted in the store.
+type Network struct {
+	ID       string
+	Type     string
+	Options  map[string]string // the user's -o options, validated
+	IPv6     bool
+	Internal bool
+	Pools    []netip.Prefix // subnets, IPv4 and IPv6
+	Gateways []netip.Prefix // gateway address with the subnet's length, one per subnet that has one
+	// State is what the type decided at create time (bridge name, MTU, ...)
+	// and must find again after a restart.
+	State map[string]string
+}
+
+// Endpoint is one container interface on a network.
+type Endpoint struct {
+	ID        string
+	NetworkID string
+	Addr4     netip.Prefix
+	Addr6     netip.Prefix
+	MAC       string
+	HostIf    string // host-side interface (veth peer), if the type has one
+	ContIf    string // the interface Docker moves into the container
+	Options   map[string]string
+	Joined    bool
+	Sandbox   string
+	Ports     []PortBinding // published ports, as programmed
+}
+
+// PortBinding is Docker's port-mapping entry (libnetwork types.PortBinding).
+type PortBinding struct {
+	Proto       int    // 6 tcp, 17 udp
+	IP          string // container IP
+	Port        uint16 // container port
+	HostIP      string
+	HostPort    uint16
+	HostPortEnd uint16
+}
+
+// JoinInfo is what a type returns for Join.
+type JoinInfo struct {
+	SrcName     string
+	DstPrefix   string
+	Gateway     string
+	GatewayIPv6 string
+	// DisableGatewayService stops Docker from adding docker_gwbridge.
+	DisableGatewayService bool
+}
+
+// NetworkType is one kind of weft network. Methods change only kernel
+// state; the core persists records and rolls back on error.
+type NetworkType interface {
+	// Name is the value of -o type=NAME.
+	Name() string
+	// Options lists the -o keys this type accepts, for validation and
+	// "did you mean" suggestions.
+	Options() []string
+	// Validate checks options and fills n.State; it changes nothing in the kernel.
+	Validate(n *Network, existing []*Network) error
+	CreateNetwork(n *Network) error
+	DeleteNetwork(n *Network) error
+	CreateEndpoint(n *Network, ep *Endpoint) error
+	DeleteEndpoint(n *Network, ep *Endpoint) error
+	Join(n *Network, ep *Endpoint) (*JoinInfo, error)
+	Leave(n *Network, ep *Endpoint) error
+	// Reconcile re-creates what is missing for a stored network and its
+	// endpoints (after a reboot or a plugin restart).
+	Reconcile(n *Network, eps []*Endpoint) error
+	// Firewall describes the network to the firewall, or nil when the type needs no rules.
+	Firewall(n *Network, eps []*Endpoint) *firewall.Network
+}
+
+// AliasPrefix starts the alias weft sets on every link it creates, so that
+// leftovers are recognisable even with user-chosen names.
+const AliasPrefix = "weft:"

@@ -1,0 +1,353 @@
+// Package bridge is weft's bridge network type: one Linux bridge per network
+// holding the gateway addresses, one veth pair per endpoint, and iptables
+// rules for NAT, isolation and published ports. It accepts the option names
+// of Docker's built-in bridge driver.
+package bridge
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+
+	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink"
+
+	"github.com/weft-net/weft/driver/api"
+	"github.com/weft-net/weft/firewall"
+	"github.com/weft-net/weft/netutil"
+)
+
+// Option names, Docker's where Docker has one.
+const (
+	OptName        = "com.docker.network.bridge.name"
+	OptICC         = "com.docker.network.bridge.enable_icc"
+	OptMasquerade  = "com.docker.network.bridge.enable_ip_masquerade"
+	OptHostBinding = "com.docker.network.bridge.host_binding_ipv4"
+	OptMTU         = "com.docker.network.driver.mtu"
+	OptIfPrefix    = "com.docker.network.container_iface_prefix"
+	OptMTUShort    = "mtu" // weft's short alias
+)
+
+// State keys persisted in api.Network.State.
+const (
+	stBridge  = "bridge"
+	stMTU     = "mtu"
+	stICC     = "icc"
+	stMasq    = "masquerade"
+	stHostIP  = "host_binding_ipv4"
+	stIfPfx   = "iface_prefix"
+	defaultMT = 1500
+)
+
+// Type implements api.NetworkType for bridges.
+type Type struct {
+	// Scope distinguishes link aliases of the local and swarm instances.
+	Scope string
+}
+
+// Name implements api.NetworkType.
+func (t *Type) Name() string { return "bridge" }
+
+// Options implements api.NetworkType.
+func (t *Type) Options() []string {
+	return []string{OptName, OptICC, OptMasquerade, OptHostBinding, OptMTU, OptMTUShort, OptIfPrefix}
+}
+
+// BridgeName is the bridge of a validated network.
+func BridgeName(n *api.Network) string { return n.State[stBridge] }
+
+// HostBinding is the default host IP for published ports ("" = all).
+func HostBinding(n *api.Network) string { return n.State[stHostIP] }
+
+func (t *Type) alias(n *api.Network) string { return api.AliasPrefix + t.Scope + ":" + n.ID }
+
+func (t *Type) epAlias(ep *api.Endpoint) string {
+	return api.AliasPrefix + t.Scope + ":" + ep.NetworkID + ":" + ep.ID
+}
+
+// Validate implements api.NetworkType.
+func (t *Type) Validate(n *api.Network, existing []*api.Network) error {
+	o := n.Options
+	st := map[string]string{}
+	name := o[OptName]
+	if name == "" {
+		name = "weft-" + n.ID[:min(10, len(n.ID))]
+	} else if err := api.IfName(OptName, name); err != nil {
+		return err
+	}
+	for _, e := range existing {
+		if e.State[stBridge] == name {
+			return fmt.Errorf("option %s=%s: bridge %s is already used by weft network %.12s; choose another name", OptName, name, name, e.ID)
+		}
+	}
+	st[stBridge] = name
+	mtu, err := api.MTU(o, OptMTU, OptMTUShort)
+	if err != nil {
+		return err
+	}
+	if mtu == 0 {
+		mtu = defaultMT
+	}
+	st[stMTU] = strconv.Itoa(mtu)
+	icc, err := api.Bool(o, OptICC, true)
+	if err != nil {
+		return err
+	}
+	masq, err := api.Bool(o, OptMasquerade, true)
+	if err != nil {
+		return err
+	}
+	st[stICC] = strconv.FormatBool(icc)
+	st[stMasq] = strconv.FormatBool(masq)
+	if h := o[OptHostBinding]; h != "" {
+		a, err := netip.ParseAddr(h)
+		if err != nil || !a.Is4() {
+			return fmt.Errorf("option %s=%q: want an IPv4 address of this host, e.g. 127.0.0.1", OptHostBinding, h)
+		}
+		st[stHostIP] = a.String()
+	}
+	if p := o[OptIfPrefix]; p != "" {
+		if err := api.IfName(OptIfPrefix, p+"0"); err != nil || len(p) > 12 {
+			return fmt.Errorf("option %s=%q: a prefix of at most 12 characters without '/', ':' or spaces", OptIfPrefix, p)
+		}
+		st[stIfPfx] = p
+	}
+	if len(n.Pools) == 0 {
+		return errors.New("the network has no subnet: give --subnet or use an IPAM driver that assigns one")
+	}
+	n.State = st
+	return nil
+}
+
+func mtuOf(n *api.Network) int {
+	m, _ := strconv.Atoi(n.State[stMTU])
+	if m == 0 {
+		return defaultMT
+	}
+	return m
+}
+
+// CreateNetwork implements api.NetworkType.
+func (t *Type) CreateNetwork(n *api.Network) (err error) {
+	name := BridgeName(n)
+	if _, err := netlink.LinkByName(name); err == nil {
+		return fmt.Errorf("option %s: an interface named %s already exists on the host; choose another bridge name", OptName, name)
+	}
+	success := false
+	defer func() {
+		if !success {
+			_ = netutil.DeleteLink(name)
+		}
+	}()
+	if err := t.ensureBridge(n); err != nil {
+		return err
+	}
+	success = true
+	return nil
+}
+
+// ensureBridge creates or repairs the bridge: name, MTU, alias, addresses, up.
+func (t *Type) ensureBridge(n *api.Network) error {
+	name := BridgeName(n)
+	log := logrus.WithFields(logrus.Fields{"network": n.ID[:12], "bridge": name})
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		if !netutil.IsNotFound(err) {
+			return fmt.Errorf("look up bridge %s: %w", name, err)
+		}
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtuOf(n), TxQLen: -1}}
+		if err := netlink.LinkAdd(br); err != nil {
+			return fmt.Errorf("create bridge %s: %w", name, err)
+		}
+		log.Info("created bridge")
+		if l, err = netlink.LinkByName(name); err != nil {
+			return fmt.Errorf("look up new bridge %s: %w", name, err)
+		}
+	}
+	if _, ok := l.(*netlink.Bridge); !ok {
+		return fmt.Errorf("%s exists but is a %s, not a bridge", name, l.Type())
+	}
+	if l.Attrs().Alias != t.alias(n) {
+		if err := netlink.LinkSetAlias(l, t.alias(n)); err != nil {
+			return fmt.Errorf("label bridge %s: %w", name, err)
+		}
+	}
+	if l.Attrs().MTU != mtuOf(n) {
+		if err := netlink.LinkSetMTU(l, mtuOf(n)); err != nil {
+			return fmt.Errorf("set MTU %d on bridge %s: %w", mtuOf(n), name, err)
+		}
+	}
+	if n.IPv6 {
+		// The kernel may have IPv6 disabled on new links by default.
+		_ = netutil.SetSysctl("net/ipv6/conf/"+name+"/disable_ipv6", "0")
+	}
+	for _, gw := range n.Gateways {
+		// nodad: the gateway must answer at once, not after duplicate detection.
+		a := netutil.AddrOf(gw)
+		if gw.Addr().Is6() {
+			a.Flags = 0x02 // IFA_F_NODAD
+		}
+		if err := netlink.AddrReplace(l, a); err != nil {
+			return fmt.Errorf("add gateway %s to bridge %s: %w", gw, name, err)
+		}
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		return fmt.Errorf("bring up bridge %s: %w", name, err)
+	}
+	// Published ports reached through 127.0.0.1 are routed to the bridge.
+	if err := netutil.SetSysctl("net/ipv4/conf/"+name+"/route_localnet", "1"); err != nil {
+		log.WithError(err).Warn("cannot enable route_localnet: published ports will not answer on 127.0.0.1")
+	}
+	return nil
+}
+
+// DeleteNetwork implements api.NetworkType.
+func (t *Type) DeleteNetwork(n *api.Network) error {
+	if err := netutil.DeleteLink(BridgeName(n)); err != nil {
+		return fmt.Errorf("remove bridge: %w", err)
+	}
+	return nil
+}
+
+func vethNames(epID string) (host, cont string) {
+	id := epID[:min(12, len(epID))]
+	return "wfh" + id, "wfc" + id
+}
+
+// CreateEndpoint implements api.NetworkType.
+func (t *Type) CreateEndpoint(n *api.Network, ep *api.Endpoint) error {
+	host, cont := vethNames(ep.ID)
+	br, err := netlink.LinkByName(BridgeName(n))
+	if err != nil {
+		return fmt.Errorf("bridge %s of network %.12s is missing: %w", BridgeName(n), n.ID, err)
+	}
+	mac, err := net.ParseMAC(ep.MAC)
+	if err != nil {
+		return fmt.Errorf("MAC address %q: %w", ep.MAC, err)
+	}
+	veth := &netlink.Veth{
+		LinkAttrs:        netlink.LinkAttrs{Name: host, MTU: mtuOf(n), TxQLen: -1, MasterIndex: br.Attrs().Index},
+		PeerName:         cont,
+		PeerHardwareAddr: mac,
+		PeerMTU:          uint32(mtuOf(n)),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return fmt.Errorf("create veth pair %s/%s: %w", host, cont, err)
+	}
+	success := false
+	defer func() {
+		if !success {
+			_ = netutil.DeleteLink(host)
+		}
+	}()
+	hl, err := netlink.LinkByName(host)
+	if err != nil {
+		return fmt.Errorf("look up %s: %w", host, err)
+	}
+	if err := netlink.LinkSetAlias(hl, t.epAlias(ep)); err != nil {
+		return fmt.Errorf("label %s: %w", host, err)
+	}
+	if n.State[stICC] == "false" {
+		// Bridged traffic between isolated ports is dropped by the bridge
+		// itself, which works whether or not br_netfilter is loaded.
+		if err := netlink.LinkSetIsolated(hl, true); err != nil {
+			return fmt.Errorf("isolate port %s (enable_icc=false): %w", host, err)
+		}
+	}
+	if err := netlink.LinkSetUp(hl); err != nil {
+		return fmt.Errorf("bring up %s: %w", host, err)
+	}
+	ep.HostIf, ep.ContIf = host, cont
+	success = true
+	return nil
+}
+
+// DeleteEndpoint implements api.NetworkType.
+func (t *Type) DeleteEndpoint(_ *api.Network, ep *api.Endpoint) error {
+	host, _ := vethNames(ep.ID)
+	if err := netutil.DeleteLink(host); err != nil {
+		return fmt.Errorf("remove veth: %w", err)
+	}
+	return nil
+}
+
+// Join implements api.NetworkType.
+func (t *Type) Join(n *api.Network, ep *api.Endpoint) (*api.JoinInfo, error) {
+	_, cont := vethNames(ep.ID)
+	if _, err := netlink.LinkByName(cont); err != nil {
+		return nil, fmt.Errorf("container interface %s of endpoint %.12s is missing: %w", cont, ep.ID, err)
+	}
+	ji := &api.JoinInfo{SrcName: cont, DstPrefix: "eth"}
+	if p := n.State[stIfPfx]; p != "" {
+		ji.DstPrefix = p
+	}
+	if !n.Internal {
+		for _, gw := range n.Gateways {
+			if gw.Addr().Is4() && ji.Gateway == "" {
+				ji.Gateway = gw.Addr().String()
+			}
+			if gw.Addr().Is6() && ji.GatewayIPv6 == "" && ep.Addr6.IsValid() {
+				ji.GatewayIPv6 = gw.Addr().String()
+			}
+		}
+	}
+	return ji, nil
+}
+
+// Leave implements api.NetworkType. Docker moves the interface back to the
+// host and then deletes the endpoint, so nothing is needed here.
+func (t *Type) Leave(*api.Network, *api.Endpoint) error { return nil }
+
+// Reconcile implements api.NetworkType.
+func (t *Type) Reconcile(n *api.Network, eps []*api.Endpoint) error {
+	if err := t.ensureBridge(n); err != nil {
+		return err
+	}
+	br, err := netlink.LinkByName(BridgeName(n))
+	if err != nil {
+		return fmt.Errorf("look up bridge: %w", err)
+	}
+	for _, ep := range eps {
+		host, _ := vethNames(ep.ID)
+		l, err := netlink.LinkByName(host)
+		if err != nil {
+			// Its container is gone (e.g. after a reboot); Docker deletes the endpoint.
+			continue
+		}
+		if l.Attrs().MasterIndex != br.Attrs().Index {
+			if err := netlink.LinkSetMasterByIndex(l, br.Attrs().Index); err != nil {
+				return fmt.Errorf("attach %s to %s: %w", host, BridgeName(n), err)
+			}
+		}
+		if err := netlink.LinkSetUp(l); err != nil {
+			return fmt.Errorf("bring up %s: %w", host, err)
+		}
+	}
+	return nil
+}
+
+// Firewall implements api.NetworkType.
+func (t *Type) Firewall(n *api.Network, eps []*api.Endpoint) *firewall.Network {
+	fn := &firewall.Network{
+		ID:         n.ID,
+		Bridge:     BridgeName(n),
+		Subnets:    n.Pools,
+		ICC:        n.State[stICC] != "false",
+		Masquerade: n.State[stMasq] != "false",
+		Internal:   n.Internal,
+	}
+	for _, ep := range eps {
+		for _, p := range ep.Ports {
+			hip, _ := netip.ParseAddr(p.HostIP)
+			cip := ep.Addr4.Addr()
+			proto := "tcp"
+			if p.Proto == 17 {
+				proto = "udp"
+			}
+			fn.Ports = append(fn.Ports, firewall.PortMap{Proto: proto, HostIP: hip, HostPort: p.HostPort, ContainerIP: cip, ContainerPort: p.Port})
+		}
+	}
+	return fn
+}

@@ -1,0 +1,577 @@
+// Package driver is weft's NetworkDriver: it speaks Docker's remote driver
+// protocol, persists every change before replying, keeps the firewall in
+// step, and hands kernel work to the network type of each network.
+package driver
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/docker/go-plugins-helpers/network"
+	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink"
+
+	"github.com/weft-net/weft/driver/api"
+	"github.com/weft-net/weft/firewall"
+	"github.com/weft-net/weft/netutil"
+	"github.com/weft-net/weft/store"
+)
+
+// Store buckets.
+const (
+	bucketNetworks  = "networks"
+	bucketEndpoints = "endpoints"
+)
+
+// Keys Docker puts in CreateNetwork's Options.
+const (
+	optGeneric    = "com.docker.network.generic"
+	optEnableIPv6 = "com.docker.network.enable_ipv6"
+	optInternal   = "com.docker.network.internal"
+	optType       = "type"
+	optPortMap    = "com.docker.network.portmap"
+	optExposed    = "com.docker.network.endpoint.exposedports"
+)
+
+// Firewall is what the driver needs from the firewall package.
+type Firewall interface {
+	Sync([]firewall.Network) error
+}
+
+// Driver implements network.Driver.
+type Driver struct {
+	mu    sync.Mutex
+	st    *store.Store
+	fw    Firewall
+	scope string
+	types map[string]api.NetworkType
+	nets  map[string]*api.Network
+	eps   map[string]*api.Endpoint // by endpoint ID
+	ports *portReserver
+	ready chan struct{}
+}
+
+// New loads the stored state. Call Reconcile (in the background) once the
+// socket is listening.
+func New(st *store.Store, fw Firewall, scope string, types ...api.NetworkType) (*Driver, error) {
+	d := &Driver{st: st, fw: fw, scope: scope, types: map[string]api.NetworkType{},
+		nets: map[string]*api.Network{}, eps: map[string]*api.Endpoint{}, ports: newPortReserver(), ready: make(chan struct{})}
+	for _, t := range types {
+		d.types[t.Name()] = t
+	}
+	err := st.View(func(tx *store.Tx) error {
+		if err := tx.ForEach(bucketNetworks, "", func(_ string, raw []byte) error {
+			var n api.Network
+			if err := store.Decode(raw, &n); err != nil {
+				return err
+			}
+			d.nets[n.ID] = &n
+			return nil
+		}); err != nil {
+			return err
+		}
+		return tx.ForEach(bucketEndpoints, "", func(_ string, raw []byte) error {
+			var ep api.Endpoint
+			if err := store.Decode(raw, &ep); err != nil {
+				return err
+			}
+			d.eps[ep.ID] = &ep
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load state: %w", err)
+	}
+	return d, nil
+}
+
+// Counts reports stored networks and endpoints.
+func (d *Driver) Counts() (int, int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.nets), len(d.eps)
+}
+
+// Reconcile brings the kernel in line with the store: re-creates bridges,
+// addresses and rules of stored networks, re-reserves published ports, and
+// removes weft links no stored network owns. Driver calls wait for it.
+func (d *Driver) Reconcile() error {
+	defer close(d.ready)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for _, n := range d.sortedNets() {
+		t, ok := d.types[n.Type]
+		if !ok {
+			errs = append(errs, fmt.Errorf("network %.12s has unknown type %q", n.ID, n.Type))
+			continue
+		}
+		if err := t.Reconcile(n, d.endpointsOf(n.ID)); err != nil {
+			errs = append(errs, fmt.Errorf("reconcile network %.12s: %w", n.ID, err))
+		}
+	}
+	for _, ep := range d.eps {
+		if len(ep.Ports) == 0 {
+			continue
+		}
+		if err := d.ports.reserve(ep.ID, ep.Ports); err != nil {
+			logrus.WithField("endpoint", ep.ID[:12]).WithError(err).Warn("cannot re-reserve published ports; they stay forwarded but another program may take them")
+		}
+	}
+	d.removeLeftovers()
+	if err := d.syncFirewall(); err != nil {
+		errs = append(errs, err)
+	}
+	logrus.WithFields(logrus.Fields{"networks": len(d.nets), "endpoints": len(d.eps)}).Info("reconciled kernel state with the store")
+	return errors.Join(errs...)
+}
+
+// removeLeftovers deletes links labelled as this instance's that no stored
+// network or endpoint owns (e.g. after a crash in the middle of a call).
+func (d *Driver) removeLeftovers() {
+	links, err := netlink.LinkList()
+	if err != nil {
+		logrus.WithError(err).Warn("cannot list links to remove leftovers")
+		return
+	}
+	prefix := api.AliasPrefix + d.scope + ":"
+	for _, l := range links {
+		alias := l.Attrs().Alias
+		if !strings.HasPrefix(alias, prefix) {
+			continue
+		}
+		parts := strings.Split(strings.TrimPrefix(alias, prefix), ":")
+		owned := false
+		if _, ok := d.nets[parts[0]]; ok {
+			owned = len(parts) == 1
+			if len(parts) == 2 {
+				_, owned = d.eps[parts[1]]
+			}
+		}
+		if !owned {
+			logrus.WithFields(logrus.Fields{"link": l.Attrs().Name, "alias": alias}).Info("removing leftover weft link")
+			_ = netlink.LinkDel(l)
+		}
+	}
+}
+
+func (d *Driver) wait() { <-d.ready }
+
+func (d *Driver) sortedNets() []*api.Network {
+	out := make([]*api.Network, 0, len(d.nets))
+	for _, n := range d.nets {
+		out = append(out, n)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+func (d *Driver) endpointsOf(netID string) []*api.Endpoint {
+	var out []*api.Endpoint
+	for _, ep := range d.eps {
+		if ep.NetworkID == netID {
+			out = append(out, ep)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// syncFirewall renders every network's rules (with overrides applied) and syncs.
+func (d *Driver) syncFirewall() error {
+	var fns []firewall.Network
+	for _, n := range d.sortedNets() {
+		t := d.types[n.Type]
+		if t == nil {
+			continue
+		}
+		if fn := t.Firewall(n, d.endpointsOf(n.ID)); fn != nil {
+			fns = append(fns, *fn)
+		}
+	}
+	if err := d.fw.Sync(fns); err != nil {
+		return fmt.Errorf("update firewall: %w", err)
+	}
+	return nil
+}
+
+// GetCapabilities implements network.Driver.
+func (d *Driver) GetCapabilities() (*network.CapabilitiesResponse, error) {
+	return &network.CapabilitiesResponse{Scope: d.scope, ConnectivityScope: d.scope}, nil
+}
+
+// AllocateNetwork implements network.Driver.
+func (d *Driver) AllocateNetwork(*network.AllocateNetworkRequest) (*network.AllocateNetworkResponse, error) {
+	return nil, errors.New("weft: swarm networks need the swarm instance of weft (SCOPE=global), which is not available yet")
+}
+
+// FreeNetwork implements network.Driver.
+func (d *Driver) FreeNetwork(*network.FreeNetworkRequest) error { return nil }
+
+// DiscoverNew implements network.Driver.
+func (d *Driver) DiscoverNew(*network.DiscoveryNotification) error { return nil }
+
+// DiscoverDelete implements network.Driver.
+func (d *Driver) DiscoverDelete(*network.DiscoveryNotification) error { return nil }
+
+func genericOptions(opts map[string]interface{}) (map[string]string, error) {
+	out := map[string]string{}
+	g, ok := opts[optGeneric]
+	if !ok || g == nil {
+		return out, nil
+	}
+	m, ok := g.(map[string]interface{})
+	if !ok {
+		return nil, fmt.Errorf("unexpected %s value %T", optGeneric, g)
+	}
+	for k, v := range m {
+		switch v := v.(type) {
+		case string:
+			out[k] = v
+		case bool, float64:
+			out[k] = fmt.Sprint(v)
+		default:
+			return nil, fmt.Errorf("option %s: unexpected value %v", k, v)
+		}
+	}
+	return out, nil
+}
+
+func boolOpt(opts map[string]interface{}, key string) bool {
+	switch v := opts[key].(type) {
+	case bool:
+		return v
+	case string:
+		return v == "true"
+	}
+	return false
+}
+
+func ipamPrefixes(data []*network.IPAMData) (pools, gws []netip.Prefix, err error) {
+	for _, d := range data {
+		if d == nil || d.Pool == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(d.Pool)
+		if err != nil {
+			return nil, nil, fmt.Errorf("subnet %q from IPAM: %w", d.Pool, err)
+		}
+		pools = append(pools, p.Masked())
+		if d.Gateway != "" {
+			g, err := netip.ParsePrefix(d.Gateway)
+			if err != nil {
+				return nil, nil, fmt.Errorf("gateway %q from IPAM: %w", d.Gateway, err)
+			}
+			gws = append(gws, g)
+		}
+	}
+	return pools, gws, nil
+}
+
+// CreateNetwork implements network.Driver.
+func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
+	d.wait()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	log := logrus.WithField("network", short(req.NetworkID))
+	if _, ok := d.nets[req.NetworkID]; ok {
+		// Repeated after restarts in swarm: the network is already here.
+		return nil
+	}
+	opts, err := genericOptions(req.Options)
+	if err != nil {
+		return err
+	}
+	typ := opts[optType]
+	if typ == "" {
+		typ = "bridge"
+	}
+	t, ok := d.types[typ]
+	if !ok {
+		names := make([]string, 0, len(d.types))
+		for n := range d.types {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		msg := fmt.Sprintf("option type=%s: unknown network type", typ)
+		if s := api.Closest(typ, names); s != "" {
+			msg += fmt.Sprintf(" (did you mean %q?)", s)
+		}
+		return fmt.Errorf("%s; this weft supports: %s", msg, strings.Join(names, ", "))
+	}
+	if err := api.CheckKeys("option", opts, append([]string{optType}, t.Options()...)); err != nil {
+		return err
+	}
+	n := &api.Network{ID: req.NetworkID, Type: typ, Options: opts,
+		IPv6: boolOpt(req.Options, optEnableIPv6), Internal: boolOpt(req.Options, optInternal)}
+	p4, g4, err := ipamPrefixes(req.IPv4Data)
+	if err != nil {
+		return err
+	}
+	p6, g6, err := ipamPrefixes(req.IPv6Data)
+	if err != nil {
+		return err
+	}
+	n.Pools, n.Gateways = append(p4, p6...), append(g4, g6...)
+	if err := d.checkOverlap(n); err != nil {
+		return err
+	}
+	if err := t.Validate(n, d.sortedNets()); err != nil {
+		return err
+	}
+	if err := t.CreateNetwork(n); err != nil {
+		return err
+	}
+	success := false
+	defer func() {
+		if !success {
+			delete(d.nets, n.ID)
+			_ = t.DeleteNetwork(n)
+			if err := d.syncFirewall(); err != nil {
+				log.WithError(err).Error("rollback: firewall")
+			}
+		}
+	}()
+	d.nets[n.ID] = n
+	if err := d.syncFirewall(); err != nil {
+		return err
+	}
+	if err := d.st.Update(func(tx *store.Tx) error { return tx.Put(bucketNetworks, n.ID, n) }); err != nil {
+		return fmt.Errorf("save network: %w", err)
+	}
+	success = true
+	log.WithFields(logrus.Fields{"type": typ, "subnets": fmt.Sprint(n.Pools)}).Info("network created")
+	return nil
+}
+
+// checkOverlap refuses a subnet already used by another weft network: with
+// Docker's default IPAM nothing else would stop two bridges routing it.
+func (d *Driver) checkOverlap(n *api.Network) error {
+	for _, o := range d.nets {
+		for _, a := range o.Pools {
+			for _, b := range n.Pools {
+				if a.Overlaps(b) {
+					return fmt.Errorf("subnet %s overlaps subnet %s of weft network %.12s; choose another --subnet", b, a, o.ID)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// DeleteNetwork implements network.Driver.
+func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
+	d.wait()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n, ok := d.nets[req.NetworkID]
+	if !ok {
+		return nil
+	}
+	for _, ep := range d.endpointsOf(n.ID) {
+		// Docker removes endpoints first; these are records of containers
+		// that vanished while the plugin was away.
+		_ = d.types[n.Type].DeleteEndpoint(n, ep)
+		d.ports.release(ep.ID)
+		delete(d.eps, ep.ID)
+	}
+	if err := d.types[n.Type].DeleteNetwork(n); err != nil {
+		return err
+	}
+	delete(d.nets, n.ID)
+	if err := d.st.Update(func(tx *store.Tx) error {
+		if err := tx.DeletePrefix(bucketEndpoints, n.ID+"/"); err != nil {
+			return err
+		}
+		return tx.Delete(bucketNetworks, n.ID)
+	}); err != nil {
+		return fmt.Errorf("save: %w", err)
+	}
+	if err := d.syncFirewall(); err != nil {
+		return err
+	}
+	logrus.WithField("network", short(n.ID)).Info("network deleted")
+	return nil
+}
+
+func epKey(ep *api.Endpoint) string { return ep.NetworkID + "/" + ep.ID }
+
+func (d *Driver) saveEndpoint(ep *api.Endpoint) error {
+	if err := d.st.Update(func(tx *store.Tx) error { return tx.Put(bucketEndpoints, epKey(ep), ep) }); err != nil {
+		return fmt.Errorf("save endpoint: %w", err)
+	}
+	return nil
+}
+
+func endpointOptions(opts map[string]interface{}) (map[string]string, error) {
+	out := map[string]string{}
+	for k, v := range opts {
+		if strings.HasPrefix(k, "com.docker.") {
+			continue // Docker's own keys (port map, exposed ports, ...)
+		}
+		s, ok := v.(string)
+		if !ok {
+			return nil, fmt.Errorf("endpoint option %s: want a string", k)
+		}
+		out[k] = s
+	}
+	return out, nil
+}
+
+// CreateEndpoint implements network.Driver.
+func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
+	d.wait()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n, ok := d.nets[req.NetworkID]
+	if !ok {
+		return nil, fmt.Errorf("weft has no network %.12s (was it created with another driver?)", req.NetworkID)
+	}
+	if _, ok := d.eps[req.EndpointID]; ok {
+		return nil, fmt.Errorf("endpoint %.12s already exists", req.EndpointID)
+	}
+	eopts, err := endpointOptions(req.Options)
+	if err != nil {
+		return nil, err
+	}
+	if err := api.CheckKeys("endpoint option (--driver-opt)", eopts, nil); err != nil {
+		return nil, err
+	}
+	ep := &api.Endpoint{ID: req.EndpointID, NetworkID: n.ID, Options: eopts}
+	resp := &network.CreateEndpointResponse{}
+	if req.Interface != nil {
+		if req.Interface.Address != "" {
+			if ep.Addr4, err = netip.ParsePrefix(req.Interface.Address); err != nil {
+				return nil, fmt.Errorf("address %q: %w", req.Interface.Address, err)
+			}
+		}
+		if req.Interface.AddressIPv6 != "" {
+			if ep.Addr6, err = netip.ParsePrefix(req.Interface.AddressIPv6); err != nil {
+				return nil, fmt.Errorf("IPv6 address %q: %w", req.Interface.AddressIPv6, err)
+			}
+		}
+		ep.MAC = req.Interface.MacAddress
+	}
+	if ep.MAC == "" {
+		ep.MAC = netutil.MACFor(ep.Addr4.Addr()).String()
+		resp.Interface = &network.EndpointInterface{MacAddress: ep.MAC}
+	}
+	t := d.types[n.Type]
+	if err := t.CreateEndpoint(n, ep); err != nil {
+		return nil, err
+	}
+	if err := d.saveEndpoint(ep); err != nil {
+		_ = t.DeleteEndpoint(n, ep)
+		return nil, err
+	}
+	d.eps[ep.ID] = ep
+	logrus.WithFields(logrus.Fields{"network": short(n.ID), "endpoint": short(ep.ID), "address": ep.Addr4, "mac": ep.MAC}).Info("endpoint created")
+	return resp, nil
+}
+
+// DeleteEndpoint implements network.Driver.
+func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
+	d.wait()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ep, ok := d.eps[req.EndpointID]
+	if !ok {
+		return nil
+	}
+	n := d.nets[ep.NetworkID]
+	if n != nil {
+		if err := d.types[n.Type].DeleteEndpoint(n, ep); err != nil {
+			return err
+		}
+	}
+	hadPorts := len(ep.Ports) > 0
+	d.ports.release(ep.ID)
+	delete(d.eps, ep.ID)
+	if err := d.st.Update(func(tx *store.Tx) error { return tx.Delete(bucketEndpoints, epKey(ep)) }); err != nil {
+		return fmt.Errorf("save: %w", err)
+	}
+	if hadPorts {
+		if err := d.syncFirewall(); err != nil {
+			return err
+		}
+	}
+	logrus.WithFields(logrus.Fields{"network": short(ep.NetworkID), "endpoint": short(ep.ID)}).Info("endpoint deleted")
+	return nil
+}
+
+// EndpointOperInfo is the response of EndpointInfo. The helpers' type only
+// allows string values; Docker accepts any JSON.
+type EndpointOperInfo struct {
+	Value map[string]interface{}
+}
+
+// EndpointInfo returns what `docker inspect` can show about an endpoint.
+func (d *Driver) EndpointInfo(req *network.InfoRequest) (*EndpointOperInfo, error) {
+	d.wait()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ep, ok := d.eps[req.EndpointID]
+	if !ok {
+		return nil, fmt.Errorf("weft has no endpoint %.12s", req.EndpointID)
+	}
+	v := map[string]interface{}{"weft.host_interface": ep.HostIf}
+	if len(ep.Ports) > 0 {
+		v[optPortMap] = ep.Ports
+	}
+	return &EndpointOperInfo{Value: v}, nil
+}
+
+// Join implements network.Driver.
+func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
+	d.wait()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ep, ok := d.eps[req.EndpointID]
+	if !ok {
+		return nil, fmt.Errorf("weft has no endpoint %.12s", req.EndpointID)
+	}
+	n := d.nets[ep.NetworkID]
+	ji, err := d.types[n.Type].Join(n, ep)
+	if err != nil {
+		return nil, err
+	}
+	prev := *ep
+	ep.Joined, ep.Sandbox = true, req.SandboxKey
+	if err := d.saveEndpoint(ep); err != nil {
+		*ep = prev
+		_ = d.types[n.Type].Leave(n, ep)
+		return nil, err
+	}
+	logrus.WithFields(logrus.Fields{"network": short(n.ID), "endpoint": short(ep.ID), "sandbox": req.SandboxKey}).Debug("joined")
+	return &network.JoinResponse{
+		InterfaceName:         network.InterfaceName{SrcName: ji.SrcName, DstPrefix: ji.DstPrefix},
+		Gateway:               ji.Gateway,
+		GatewayIPv6:           ji.GatewayIPv6,
+		DisableGatewayService: ji.DisableGatewayService,
+	}, nil
+}
+
+// Leave implements network.Driver.
+func (d *Driver) Leave(req *network.LeaveRequest) error {
+	d.wait()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ep, ok := d.eps[req.EndpointID]
+	if !ok {
+		return nil
+	}
+	n := d.nets[ep.NetworkID]
+	if n != nil {
+		if err := d.types[n.Type].Leave(n, ep); err != nil {
+			return err
+		}
+	}
+	ep.Joined, ep.Sandbox = false, ""
+	return d.saveEndpoint(ep)
+}
+
+func short(id string) string { return id[:min(12, len(id))] }

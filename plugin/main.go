@@ -1,0 +1,222 @@
+// Command weft is the Docker network plugin: one unix socket serving both
+// the NetworkDriver and the IpamDriver APIs.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/docker/go-plugins-helpers/ipam"
+	"github.com/docker/go-plugins-helpers/network"
+	"github.com/docker/go-plugins-helpers/sdk"
+	"github.com/sirupsen/logrus"
+
+	"github.com/weft-net/weft/driver"
+	"github.com/weft-net/weft/driver/bridge"
+	"github.com/weft-net/weft/firewall"
+	"github.com/weft-net/weft/ipamdriver"
+	"github.com/weft-net/weft/netutil"
+	"github.com/weft-net/weft/store"
+)
+
+// Settings come from the plugin's env (docker plugin set weft KEY=VALUE).
+type Settings struct {
+	LogLevel        string
+	Scope           string
+	DefaultPools    string
+	StateDir        string
+	Socket          string
+	IPTablesBackend string
+	ProcSys         string
+}
+
+func env(key, def string) string {
+	if v, ok := os.LookupEnv(key); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+func loadSettings() Settings {
+	return Settings{
+		LogLevel:        env("LOG_LEVEL", "info"),
+		Scope:           env("SCOPE", "local"),
+		DefaultPools:    env("DEFAULT_POOLS", ipamdriver.DefaultPools),
+		StateDir:        env("STATE_DIR", "/var/lib/weft"),
+		Socket:          env("SOCKET", "/run/docker/plugins/weft.sock"),
+		IPTablesBackend: env("IPTABLES_BACKEND", "auto"),
+		ProcSys:         env("PROC_SYS", "/proc/sys"),
+	}
+}
+
+func main() {
+	if err := run(loadSettings()); err != nil {
+		logrus.WithError(err).Error("weft stopped")
+		fmt.Fprintln(os.Stderr, "weft:", err)
+		os.Exit(1)
+	}
+}
+
+func run(s Settings) error {
+	lvl, err := logrus.ParseLevel(s.LogLevel)
+	if err != nil {
+		return fmt.Errorf("setting LOG_LEVEL=%q: want debug, info, warn or error", s.LogLevel)
+	}
+	logrus.SetLevel(lvl)
+	// dockerd logs a plugin's stderr at level error: keep stderr for failures.
+	logrus.SetOutput(os.Stdout)
+	logrus.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, DisableColors: true})
+	switch s.Scope {
+	case "local":
+	case "global":
+		return errors.New("setting SCOPE=global: swarm networks are not available in this version of weft yet; use SCOPE=local")
+	default:
+		return fmt.Errorf("setting SCOPE=%q: want local (global is for swarm, not available yet)", s.Scope)
+	}
+	pools, err := ipamdriver.ParsePools(s.DefaultPools)
+	if err != nil {
+		return err
+	}
+	netutil.ProcSys = s.ProcSys
+
+	// Listen first: dockerd gives a fresh plugin only a few seconds.
+	if err := os.MkdirAll(filepath.Dir(s.Socket), 0o755); err != nil {
+		return fmt.Errorf("socket directory: %w", err)
+	}
+	_ = os.Remove(s.Socket)
+	ln, err := net.Listen("unix", s.Socket)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.Socket, err)
+	}
+	defer ln.Close()
+
+	st, err := store.Open(filepath.Join(s.StateDir, s.Scope+".db"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	backend, why, err := firewall.DetectBackend(s.IPTablesBackend)
+	if err != nil {
+		return err
+	}
+	if backend == "legacy" {
+		// Share the host's xtables lock with dockerd when /run is mounted in.
+		if _, err := os.Stat("/host/run"); err == nil {
+			os.Setenv("XTABLES_LOCKFILE", "/host/run/xtables.lock")
+		}
+	}
+	v4, v6, err6, err := firewall.Open(backend)
+	if err != nil {
+		return err
+	}
+	var fw *firewall.Firewall
+	if v6 == nil {
+		logrus.WithError(err6).Warn("ip6tables unavailable: IPv6 networks get no firewall rules")
+		fw = firewall.New(v4, nil)
+	} else {
+		fw = firewall.New(v4, v6)
+	}
+	logrus.WithFields(logrus.Fields{"backend": backend, "why": why}).Info("iptables backend chosen")
+
+	ipd, err := ipamdriver.New(st, ipamdriver.Config{DefaultPools: pools})
+	if err != nil {
+		return err
+	}
+	drv, err := driver.New(st, fw, s.Scope, &bridge.Type{Scope: s.Scope})
+	if err != nil {
+		return err
+	}
+	nn, ne := drv.Counts()
+	logrus.WithFields(logrus.Fields{"socket": s.Socket, "state": st.Path(), "networks": nn, "endpoints": ne}).Info("weft listening")
+
+	srv := &http.Server{Handler: newMux(drv, ipd), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := drv.Reconcile(); err != nil {
+			logrus.WithError(err).Error("reconcile at start found problems")
+		}
+	}()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	select {
+	case <-sig:
+		// Kernel state stays: containers keep running while weft is away.
+		logrus.Info("weft shutting down; networks stay in place")
+		return nil
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	}
+}
+
+// handle registers one protocol call: decode the JSON request, call fn,
+// encode the reply or {"Err": ...} for Docker to show the user.
+func handle[Req any, Resp any](mux *http.ServeMux, path string, fn func(*Req) (Resp, error)) {
+	mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+		req := new(Req)
+		if r.ContentLength != 0 {
+			if err := sdk.DecodeRequest(w, r, req); err != nil {
+				return
+			}
+		}
+		start := time.Now()
+		resp, err := fn(req)
+		log := logrus.WithFields(logrus.Fields{"call": path, "took": time.Since(start).Round(time.Microsecond)})
+		if err != nil {
+			log.WithError(err).Warn("call failed")
+			sdk.EncodeResponse(w, map[string]string{"Err": err.Error()}, true)
+			return
+		}
+		log.Debug("call")
+		sdk.EncodeResponse(w, resp, false)
+	})
+}
+
+type empty struct{}
+
+func noResp[Req any](fn func(*Req) error) func(*Req) (empty, error) {
+	return func(r *Req) (empty, error) { return empty{}, fn(r) }
+}
+
+// ipamCaps adds RequiresRequestReplay, which the helpers' type lacks.
+type ipamCaps struct {
+	RequiresMACAddress    bool
+	RequiresRequestReplay bool
+}
+
+func newMux(d *driver.Driver, i *ipamdriver.Driver) *http.ServeMux {
+	mux := http.NewServeMux()
+	handle(mux, "/Plugin.Activate", func(*empty) (map[string][]string, error) {
+		return map[string][]string{"Implements": {"NetworkDriver", "IpamDriver"}}, nil
+	})
+	handle(mux, "/NetworkDriver.GetCapabilities", func(*empty) (*network.CapabilitiesResponse, error) { return d.GetCapabilities() })
+	handle(mux, "/NetworkDriver.AllocateNetwork", d.AllocateNetwork)
+	handle(mux, "/NetworkDriver.FreeNetwork", noResp(d.FreeNetwork))
+	handle(mux, "/NetworkDriver.CreateNetwork", noResp(d.CreateNetwork))
+	handle(mux, "/NetworkDriver.DeleteNetwork", noResp(d.DeleteNetwork))
+	handle(mux, "/NetworkDriver.CreateEndpoint", d.CreateEndpoint)
+	handle(mux, "/NetworkDriver.DeleteEndpoint", noResp(d.DeleteEndpoint))
+	handle(mux, "/NetworkDriver.EndpointOperInfo", d.EndpointInfo)
+	handle(mux, "/NetworkDriver.Join", d.Join)
+	handle(mux, "/NetworkDriver.Leave", noResp(d.Leave))
+	handle(mux, "/NetworkDriver.DiscoverNew", noResp(d.DiscoverNew))
+	handle(mux, "/NetworkDriver.DiscoverDelete", noResp(d.DiscoverDelete))
+	handle(mux, "/NetworkDriver.ProgramExternalConnectivity", noResp(d.ProgramExternalConnectivity))
+	handle(mux, "/NetworkDriver.RevokeExternalConnectivity", noResp(d.RevokeExternalConnectivity))
+
+	handle(mux, "/IpamDriver.GetCapabilities", func(*empty) (ipamCaps, error) { return ipamCaps{}, nil })
+	handle(mux, "/IpamDriver.GetDefaultAddressSpaces", func(*empty) (*ipam.AddressSpacesResponse, error) { return i.GetDefaultAddressSpaces() })
+	handle(mux, "/IpamDriver.RequestPool", i.RequestPool)
+	handle(mux, "/IpamDriver.ReleasePool", noResp(i.ReleasePool))
+	handle(mux, "/IpamDriver.RequestAddress", i.RequestAddress)
+	handle(mux, "/IpamDriver.ReleaseAddress", noResp(i.ReleaseAddress))
+	return mux
+}
