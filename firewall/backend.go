@@ -3,10 +3,14 @@ package firewall
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"os/exec"
 
 	"github.com/coreos/go-iptables/iptables"
 )
+
+// LegacyTableNames lists the legacy iptables tables the kernel has loaded.
+var LegacyTableNames = "/proc/net/ip_tables_names"
 
 // Backend is an iptables flavour: "nft" or "legacy".
 type Backend string
@@ -23,6 +27,14 @@ func DetectBackend(setting string) (Backend, string, error) {
 		return "", "", fmt.Errorf("setting IPTABLES_BACKEND=%q: want auto, nft or legacy", setting)
 	}
 	count := func(b string) (rules int, docker bool) {
+		if b == "legacy" {
+			// Reading legacy tables instantiates them in the kernel (and makes
+			// iptables-nft warn about them forever): look only if some exist.
+			names, err := os.ReadFile(LegacyTableNames)
+			if err != nil || len(bytes.TrimSpace(names)) == 0 {
+				return 0, false
+			}
+		}
 		out, err := exec.Command("/usr/sbin/iptables-" + b + "-save").Output()
 		if err != nil {
 			return -1, false

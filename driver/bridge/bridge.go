@@ -197,7 +197,7 @@ func (t *Type) ensureBridge(n *api.Network) error {
 		return fmt.Errorf("bring up bridge %s: %w", name, err)
 	}
 	// Published ports reached through 127.0.0.1 are routed to the bridge.
-	if err := netutil.SetSysctl("net/ipv4/conf/"+name+"/route_localnet", "1"); err != nil {
+	if err := netutil.SetIPv4DevConf(l, netutil.IPv4DevConfRouteLocalnet, 1); err != nil {
 		log.WithError(err).Warn("cannot enable route_localnet: published ports will not answer on 127.0.0.1")
 	}
 	return nil
@@ -248,6 +248,11 @@ func (t *Type) CreateEndpoint(n *api.Network, ep *api.Endpoint) error {
 	}
 	if err := netlink.LinkSetAlias(hl, t.epAlias(ep)); err != nil {
 		return fmt.Errorf("label %s: %w", host, err)
+	}
+	// A container reaching its own published port: after DNAT, br_netfilter
+	// bridges the frame back out of the port it came in on.
+	if err := netlink.LinkSetHairpin(hl, true); err != nil {
+		return fmt.Errorf("enable hairpin on %s: %w", host, err)
 	}
 	if n.State[stICC] == "false" {
 		// Bridged traffic between isolated ports is dropped by the bridge
