@@ -29,9 +29,12 @@ func CheckKeys(what string, opts map[string]string, allowed []string) error {
 	if s := Closest(k, allowed); s != "" {
 		msg += fmt.Sprintf(" (did you mean %q?)", s)
 	}
+	if len(allowed) == 0 {
+		return fmt.Errorf("%s: none are accepted here", msg)
+	}
 	valid := append([]string(nil), allowed...)
 	sort.Strings(valid)
-	return fmt.Errorf("%s; valid %ss are: %s", msg, what, strings.Join(valid, ", "))
+	return fmt.Errorf("%s; accepted: %s", msg, strings.Join(valid, ", "))
 }
 
 // Closest returns the candidate nearest to s by edit distance, or "" if none is close.
