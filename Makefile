@@ -4,7 +4,7 @@ GO          ?= go
 GOFLAGS_BLD := -tags nosystemd -trimpath
 BIN         := bin/weft
 
-.PHONY: all build rootfs plugin-dir install uninstall demo test unit e2e bench vet fmt clean
+.PHONY: all build rootfs plugin-dir install uninstall demo test deps unit e2e bench clean
 
 all: build
 
@@ -33,7 +33,11 @@ demo:
 	scripts/demo.sh
 
 # Second README command: the whole suite, as CI runs it.
-test: unit e2e
+test: deps unit e2e
+
+# Debian packages the tests use (docker.io, iptables, busybox-static, ...).
+deps:
+	scripts/e2e-env.sh deps
 
 unit:
 	$(GO) vet -tags nosystemd ./...

@@ -4,7 +4,8 @@
 # shared mount (as on a systemd host: the plugin must see container
 # namespaces), starts a dockerd if none answers, and builds the test image.
 #
-#   scripts/e2e-env.sh up     prepare (idempotent); prints "started" if it started dockerd
+#   scripts/e2e-env.sh deps   install the packages only
+#   scripts/e2e-env.sh up     prepare (idempotent); says so when it starts dockerd
 #   scripts/e2e-env.sh down   stop the dockerd that "up" started, if any
 set -euo pipefail
 state=/run/weft-e2e
@@ -55,7 +56,8 @@ down() {
 }
 
 case "${1:-up}" in
+  deps) need_pkgs ;;
   up) up ;;
   down) down ;;
-  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+  *) echo "usage: $0 deps|up|down" >&2; exit 2 ;;
 esac
