@@ -1,0 +1,274 @@
+#!/usr/bin/env bash
+# make bench: weft's bridge against Docker's built-in bridge, side by side in
+# one run, on this machine. Prepares the machine (scripts/e2e-env.sh up),
+# installs weft:latest, measures container-to-container TCP throughput and
+# ping RTT, `docker run` time, 50 parallel `docker run -d`, and the plugin's
+# memory with 500 endpoints, then writes docs/benchmarks.md. Everything it
+# creates is named wfbench-* and removed on exit, also on failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+plugin=weft:latest
+img=weft-test/busybox
+out=docs/benchmarks.md
+declare -A net=([builtin]=wfbench-builtin [weft]=wfbench-weft)
+memnet=wfbench-weftmem
+thr_reps=3 rtt_reps=3 run_reps=10 par_reps=2 par_n=50 mem_eps=500
+e2e_pidfile=/run/weft-e2e/dockerd.pid
+
+tmp=$(mktemp -d /tmp/wfbench.XXXXXX)
+started_dockerd=0
+sock=
+t_start=$(date +%s)
+
+say() { printf '\033[1m[bench %s]\033[0m %s\n' "$(date +%T)" "$*"; }
+die() { echo "bench: $*" >&2; exit 1; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+cpid() { docker inspect -f '{{.State.Pid}}' "$1"; }
+cip() { docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$1"; }
+# The two drivers alternate within each repetition, and which goes first
+# alternates between repetitions (B W, W B, B W, ...).
+order() { if (($1 % 2)); then echo builtin weft; else echo weft builtin; fi; }
+
+# Raw per-repetition values, "metric:driver" -> "v1 v2 ...".
+declare -A raw
+add() { raw[$1:$2]="${raw[$1:$2]:-}${raw[$1:$2]:+ }$3"; }
+
+ep_call() { # ep_call Create|Delete JSON: one NetworkDriver call on weft's socket
+  local code
+  code=$(curl -sS -o "$tmp/resp" -w '%{http_code}' --unix-socket "$sock" \
+    -H 'Content-Type: application/json' -d "$2" "http://x/NetworkDriver.$1Endpoint") || return 1
+  [ "$code" = 200 ] || { echo "NetworkDriver.$1Endpoint: HTTP $code $(cat "$tmp/resp")" >&2; return 1; }
+}
+
+cleanup() {
+  local rc=$? f c
+  set +e
+  trap - EXIT INT TERM
+  wait 2>/dev/null # parallel docker runs still under way
+  for f in "$tmp"/iperf3-*.pid; do [ -s "$f" ] && kill "$(cat "$f")" 2>/dev/null; done
+  if [ -n "$sock" ] && [ -s "$tmp/eps" ]; then
+    while read -r f; do ep_call Delete "{\"NetworkID\":\"$memnet_id\",\"EndpointID\":\"$f\"}" 2>/dev/null; done <"$tmp/eps"
+  fi
+  c=$(docker ps -a --format '{{.Names}}' 2>/dev/null | grep '^wfbench-')
+  # shellcheck disable=SC2086
+  [ -n "$c" ] && docker rm -f $c >/dev/null
+  for f in "${net[@]}" "$memnet"; do docker network rm "$f" >/dev/null 2>&1; done
+  rm -rf "$tmp"
+  [ "$started_dockerd" = 1 ] && scripts/e2e-env.sh down
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# 1. Machine, dockerd, plugin -------------------------------------------------
+say "preparing the machine (scripts/e2e-env.sh up)"
+before=$(cat "$e2e_pidfile" 2>/dev/null || true)
+scripts/e2e-env.sh up
+after=$(cat "$e2e_pidfile" 2>/dev/null || true)
+# Stop dockerd at the end only if this run started it (another session's
+# dockerd, recorded in the same pid file, stays).
+[ -n "$after" ] && [ "$after" != "$before" ] && started_dockerd=1
+command -v curl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null; }
+say "building and installing $plugin (make -s install)"
+make -s install
+
+# Leftovers of an interrupted earlier run.
+c=$(docker ps -a --format '{{.Names}}' | grep '^wfbench-' || true)
+# shellcheck disable=SC2086
+[ -z "$c" ] || docker rm -f $c >/dev/null
+for n in "${net[@]}" "$memnet"; do docker network rm "$n" >/dev/null 2>&1 || true; done
+
+# 2. Networks ------------------------------------------------------------------
+say "creating ${net[builtin]} (bridge) and ${net[weft]} (weft)"
+docker network create -d bridge --subnet 10.210.0.0/24 "${net[builtin]}" >/dev/null
+docker network create -d "$plugin" --ipam-driver "$plugin" --subnet 10.211.0.0/24 "${net[weft]}" >/dev/null
+
+# 3e. Plugin memory, first, while the plugin is freshly started -----------------
+plugin_id=$(docker plugin inspect -f '{{.Id}}' "$plugin")
+sock=/run/docker/plugins/$plugin_id/weft.sock
+[ -S "$sock" ] || die "no plugin socket at $sock"
+weft_pid=
+for p in $(pgrep -x weft || true); do
+  [ "$(tr '\0' ' ' <"/proc/$p/cmdline")" = "/weft " ] || continue
+  pp=$(awk '/^PPid:/ { print $2 }' "/proc/$p/status")
+  grep -qa -- "$plugin_id" "/proc/$pp/cmdline" && weft_pid=$p
+done
+[ -n "$weft_pid" ] || die "cannot find the /weft process of plugin $plugin_id"
+rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$weft_pid/status"; } # KiB
+
+say "plugin memory: $mem_eps endpoints through $sock (pid $weft_pid)"
+docker network create -d "$plugin" --ipam-driver "$plugin" --subnet 10.212.0.0/16 "$memnet" >/dev/null
+memnet_id=$(docker network inspect -f '{{.Id}}' "$memnet")
+sleep 2
+rss0=$(rss)
+s=$(now)
+for i in $(seq "$mem_eps"); do
+  id=$(printf 'be7c%08x%052d' "$i" 0) # 64 hex digits; the first 12 (veth names) unique
+  echo "$id" >>"$tmp/eps"
+  ep_call Create "{\"NetworkID\":\"$memnet_id\",\"EndpointID\":\"$id\",\"Interface\":{\"Address\":\"10.212.$((i / 250)).$((i % 250 + 2))/16\",\"AddressIPv6\":\"\",\"MacAddress\":\"\"},\"Options\":{}}" ||
+    die "creating endpoint $i failed"
+done
+mem_create_s=$(since "$s")
+links=$(ip -br link | grep -c '^wfhbe7c' || true)
+[ "$links" = "$mem_eps" ] || die "expected $mem_eps host veths wfhbe7c*, found $links"
+sleep 2
+rss500=$(rss)
+s=$(now)
+while read -r id; do
+  ep_call Delete "{\"NetworkID\":\"$memnet_id\",\"EndpointID\":\"$id\"}" || die "deleting endpoint $id failed"
+done <"$tmp/eps"
+: >"$tmp/eps"
+mem_delete_s=$(since "$s")
+sleep 2
+rss_after=$(rss)
+docker network rm "$memnet" >/dev/null
+
+# 3a/b. Throughput and RTT -----------------------------------------------------
+declare -A spid cpid_ ip
+for k in builtin weft; do
+  docker run -d --name "wfbench-$k-srv" --network "${net[$k]}" "$img" sleep 3600 >/dev/null
+  docker run -d --name "wfbench-$k-cli" --network "${net[$k]}" "$img" sleep 3600 >/dev/null
+  spid[$k]=$(cpid "wfbench-$k-srv")
+  cpid_[$k]=$(cpid "wfbench-$k-cli")
+  ip[$k]=$(cip "wfbench-$k-srv")
+  nsenter -t "${spid[$k]}" -n iperf3 -s -D -I "$tmp/iperf3-$k.pid"
+done
+for k in builtin weft; do # untimed warm-up; also waits for the iperf3 server
+  for _ in $(seq 20); do
+    nsenter -t "${cpid_[$k]}" -n iperf3 -c "${ip[$k]}" -t 1 >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  nsenter -t "${cpid_[$k]}" -n ping -c 3 -i 0.2 -q "${ip[$k]}" >/dev/null || die "ping on ${net[$k]} failed"
+done
+
+say "TCP throughput: iperf3 -t 5, $thr_reps repetitions"
+for r in $(seq "$thr_reps"); do
+  for k in $(order "$r"); do
+    bps=$(nsenter -t "${cpid_[$k]}" -n iperf3 -c "${ip[$k]}" -t 5 -J |
+      awk '/"sum_received"/ { f = 1 } f && /"bits_per_second"/ { gsub(/[^0-9.e+]/, "", $2); print $2; exit }')
+    [ -n "$bps" ] || die "iperf3 on ${net[$k]} gave no result"
+    v=$(awk -v b="$bps" 'BEGIN { printf "%.2f", b / 1e9 }')
+    add thr "$k" "$v"
+    echo "  rep $r $k: $v Gbit/s"
+  done
+done
+
+say "ping RTT: 200 pings at 5 ms, $rtt_reps repetitions"
+for r in $(seq "$rtt_reps"); do
+  for k in $(order "$r"); do
+    o=$(nsenter -t "${cpid_[$k]}" -n ping -c 200 -i 0.005 -q "${ip[$k]}")
+    grep -q ' 0% packet loss' <<<"$o" || echo "  warning: packet loss on ${net[$k]}: $(grep 'packet loss' <<<"$o")"
+    v=$(awk -F/ '/^rtt/ { printf "%.1f", $5 * 1000 }' <<<"$o")
+    [ -n "$v" ] || die "no RTT from ping on ${net[$k]}"
+    add rtt "$k" "$v"
+    echo "  rep $r $k: $v us"
+  done
+done
+for f in "$tmp"/iperf3-*.pid; do kill "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; done
+docker rm -f wfbench-builtin-srv wfbench-builtin-cli wfbench-weft-srv wfbench-weft-cli >/dev/null
+
+# 3c. docker run --rm ... true ------------------------------------------------------
+say "docker run --rm true: $run_reps repetitions"
+for k in builtin weft; do docker run --rm --name "wfbench-run-$k" --network "${net[$k]}" "$img" true; done # warm-up
+for r in $(seq "$run_reps"); do
+  for k in $(order "$r"); do
+    s=$(now)
+    docker run --rm --name "wfbench-run-$k" --network "${net[$k]}" "$img" true
+    v=$(since "$s")
+    add run "$k" "$v"
+    echo "  rep $r $k: $v s"
+  done
+done
+
+# 3d. 50 containers started in parallel ---------------------------------------------
+say "$par_n parallel docker run -d: $par_reps repetitions"
+for r in $(seq "$par_reps"); do
+  for k in $(order "$r"); do
+    pids=()
+    s=$(now)
+    for i in $(seq "$par_n"); do
+      docker run -d --name "wfbench-par-$k-$i" --network "${net[$k]}" "$img" sleep 3600 >/dev/null 2>"$tmp/par-$i.err" &
+      pids+=($!)
+    done
+    fail=0
+    for p in "${pids[@]}"; do wait "$p" || fail=$((fail + 1)); done
+    v=$(since "$s")
+    [ "$fail" = 0 ] || die "$fail of $par_n docker runs on ${net[$k]} failed, e.g.: $(cat "$tmp"/par-*.err | head -3)"
+    running=$(docker ps -q --filter "network=${net[$k]}" | wc -l)
+    [ "$running" = "$par_n" ] || die "$running of $par_n containers running on ${net[$k]}"
+    add par "$k" "$v"
+    echo "  rep $r $k: $v s"
+    # shellcheck disable=SC2046
+    docker rm -f $(docker ps -a --format '{{.Names}}' | grep "^wfbench-par-$k-") >/dev/null
+  done
+done
+
+# 4. docs/benchmarks.md ---------------------------------------------------------
+declare -A med
+for m in thr rtt run par; do
+  for k in builtin weft; do
+    # shellcheck disable=SC2086
+    med[$m:$k]=$(median ${raw[$m:$k]})
+  done
+done
+ratio() { awk -v a="${med[$1:weft]}" -v b="${med[$1:builtin]}" 'BEGIN { printf "%.2f", a / b }'; }
+met() { # met METRIC ge|le
+  awk -v r="$(ratio "$1")" -v d="$2" 'BEGIN { ok = (d == "ge") ? (r >= 1.0) : (r <= 1.0); print ok ? "yes" : "no" }'
+}
+row() { # row METRIC LABEL UNIT ge|le
+  local t='<= 1.0'
+  [ "$4" = ge ] && t='>= 1.0'
+  printf '| %s | %s %s | %s %s | %s | %s | %s |\n' "$2" "${med[$1:builtin]}" "$3" "${med[$1:weft]}" "$3" "$(ratio "$1")" "$t" "$(met "$1" "$4")"
+}
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+took=$(($(date +%s) - t_start))
+mkdir -p docs
+{
+  echo "# Benchmarks: weft bridge vs Docker's built-in bridge"
+  echo
+  # shellcheck disable=SC2016
+  echo 'Run `make bench` (root; it prepares the machine like `make demo`, reinstalls'
+  echo 'weft:latest, measures both drivers side by side, rewrites this file and removes'
+  echo 'everything it created). It takes a few minutes.'
+  echo
+  echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "- commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo ' (work tree had uncommitted changes)')"
+  echo "- machine: $(nproc) CPUs, kernel $(uname -r), Docker Engine $(docker version -f '{{.Server.Version}}'), $(iperf3 --version | head -1 | awk '{ print $1, $2 }')"
+  echo "- the run took ${took} s"
+  echo
+  echo '| metric | Docker built-in bridge | weft bridge | ratio (weft/built-in) | target | met? |'
+  echo '|---|---|---|---|---|---|'
+  row thr "TCP throughput container to container, higher is better (iperf3 5 s, median of $thr_reps)" Gbit/s ge
+  row rtt "ping RTT avg container to container (200 pings at 5 ms, median of $rtt_reps)" us le
+  row run "\`docker run --rm --network N weft-test/busybox true\` wall time (median of $run_reps)" s le
+  row par "$par_n \`docker run -d\` in parallel, wall time until all returned (median of $par_reps)" s le
+  echo
+  echo "weft plugin memory (VmRSS of the \`/weft\` process; Docker's built-in driver runs inside"
+  echo "dockerd, so there is nothing to compare it with):"
+  echo
+  echo "- 0 endpoints (fresh plugin, an empty /16 weft network): $(mib "$rss0") MiB"
+  echo "- $mem_eps endpoints (NetworkDriver.CreateEndpoint on the plugin socket; each one a real veth pair and a stored record): $(mib "$rss500") MiB, $(awk -v a="$rss0" -v b="$rss500" -v n="$mem_eps" 'BEGIN { printf "%.1f", (b - a) / n }') KiB per endpoint"
+  echo "- after deleting them again: $(mib "$rss_after") MiB"
+  echo
+  echo "## Notes"
+  echo
+  echo "- All figures come from one run on one machine and are noisy; absolute values drift"
+  echo "  between runs and machines. Compare the ratios: both drivers were measured side by side"
+  echo "  in the same run, alternating within each repetition (and which one goes first"
+  echo "  alternates between repetitions)."
+  echo "- Each network got one untimed warm-up first (iperf3 1 s, 3 pings, one \`docker run\`)."
+  echo "  iperf3 and ping are the host's binaries run in the containers' network namespaces."
+  echo "- Creating the $mem_eps endpoints took ${mem_create_s} s and deleting them ${mem_delete_s} s"
+  echo "  (one curl call each, so this includes curl's start-up)."
+  echo "- Raw values per repetition, built-in / weft:"
+  for m in thr:Gbit/s:throughput rtt:us:"ping RTT" run:s:"docker run" par:s:"$par_n parallel"; do
+    IFS=: read -r key unit label <<<"$m"
+    echo "  - $label ($unit): ${raw[$key:builtin]} / ${raw[$key:weft]}"
+  done
+} >"$tmp/benchmarks.md"
+mv "$tmp/benchmarks.md" "$out"
+say "wrote $out (run took ${took} s)"
+cat "$out"
