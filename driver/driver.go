@@ -251,10 +251,18 @@ func boolOpt(opts map[string]interface{}, key string) bool {
 	return false
 }
 
-func ipamPrefixes(data []*network.IPAMData) (pools, gws []netip.Prefix, err error) {
+func ipamPrefixes(data []*network.IPAMData, aux map[string]netip.Addr) (pools, gws []netip.Prefix, err error) {
 	for _, d := range data {
 		if d == nil || d.Pool == "" {
 			continue
+		}
+		for name, v := range d.AuxAddresses {
+			s, _ := v.(string)
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				return nil, nil, fmt.Errorf("--aux-address %s=%v: %w", name, v, err)
+			}
+			aux[name] = p.Addr()
 		}
 		p, err := netip.ParsePrefix(d.Pool)
 		if err != nil {
@@ -308,11 +316,12 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	}
 	n := &api.Network{ID: req.NetworkID, Type: typ, Options: opts,
 		IPv6: boolOpt(req.Options, optEnableIPv6), Internal: boolOpt(req.Options, optInternal)}
-	p4, g4, err := ipamPrefixes(req.IPv4Data)
+	n.Aux = map[string]netip.Addr{}
+	p4, g4, err := ipamPrefixes(req.IPv4Data, n.Aux)
 	if err != nil {
 		return err
 	}
-	p6, g6, err := ipamPrefixes(req.IPv6Data)
+	p6, g6, err := ipamPrefixes(req.IPv6Data, n.Aux)
 	if err != nil {
 		return err
 	}
@@ -323,14 +332,15 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	if err := t.Validate(n, d.sortedNets()); err != nil {
 		return err
 	}
-	if err := t.CreateNetwork(n); err != nil {
+	others := d.sortedNets()
+	if err := t.CreateNetwork(n, others); err != nil {
 		return err
 	}
 	success := false
 	defer func() {
 		if !success {
 			delete(d.nets, n.ID)
-			_ = t.DeleteNetwork(n)
+			_ = t.DeleteNetwork(n, others)
 			if err := d.syncFirewall(); err != nil {
 				log.WithError(err).Error("rollback: firewall")
 			}
@@ -379,10 +389,11 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 		d.ports.release(ep.ID)
 		delete(d.eps, ep.ID)
 	}
-	if err := d.types[n.Type].DeleteNetwork(n); err != nil {
+	delete(d.nets, n.ID)
+	if err := d.types[n.Type].DeleteNetwork(n, d.sortedNets()); err != nil {
+		d.nets[n.ID] = n
 		return err
 	}
-	delete(d.nets, n.ID)
 	if err := d.st.Update(func(tx *store.Tx) error {
 		if err := tx.DeletePrefix(bucketEndpoints, n.ID+"/"); err != nil {
 			return err
@@ -456,13 +467,17 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 		}
 		ep.MAC = req.Interface.MacAddress
 	}
-	if ep.MAC == "" {
+	ep.MACGiven = ep.MAC != ""
+	if !ep.MACGiven {
 		ep.MAC = netutil.MACFor(ep.Addr4.Addr()).String()
-		resp.Interface = &network.EndpointInterface{MacAddress: ep.MAC}
 	}
 	t := d.types[n.Type]
 	if err := t.CreateEndpoint(n, ep); err != nil {
 		return nil, err
+	}
+	if !ep.MACGiven {
+		// The type may have changed it (ipvlan uses the parent's).
+		resp.Interface = &network.EndpointInterface{MacAddress: ep.MAC}
 	}
 	if err := d.saveEndpoint(ep); err != nil {
 		_ = t.DeleteEndpoint(n, ep)
@@ -547,12 +562,20 @@ func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 		return nil, err
 	}
 	logrus.WithFields(logrus.Fields{"network": short(n.ID), "endpoint": short(ep.ID), "sandbox": req.SandboxKey}).Debug("joined")
-	return &network.JoinResponse{
+	resp := &network.JoinResponse{
 		InterfaceName:         network.InterfaceName{SrcName: ji.SrcName, DstPrefix: ji.DstPrefix},
 		Gateway:               ji.Gateway,
 		GatewayIPv6:           ji.GatewayIPv6,
 		DisableGatewayService: ji.DisableGatewayService,
-	}, nil
+	}
+	for _, r := range ji.StaticRoutes {
+		sr := &network.StaticRoute{Destination: r.Destination, NextHop: r.NextHop}
+		if r.Connected {
+			sr.RouteType = 1 // libnetwork types.CONNECTED
+		}
+		resp.StaticRoutes = append(resp.StaticRoutes, sr)
+	}
+	return resp, nil
 }
 
 // Leave implements network.Driver.

@@ -32,7 +32,7 @@ func TestBadInputRejectedCleanly(t *testing.T) {
 		want []string // substrings of the error
 	}{
 		{"unknown type", create("-o", "type=bridgee"), []string{"type=bridgee", `did you mean "bridge"`}},
-		{"unsupported type", create("-o", "type=overlay"), []string{"type=overlay", "supports: bridge"}},
+		{"unsupported type", create("-o", "type=overlay"), []string{"type=overlay", "supports: bridge, ipvlan, macvlan"}},
 		{"misspelt option", create("-o", "com.docker.network.bridge.enable_ic=true"), []string{`"com.docker.network.bridge.enable_ic"`, `did you mean "com.docker.network.bridge.enable_icc"`}},
 		{"unknown option", create("-o", "colour=blue"), []string{`unknown option "colour"`}},
 		{"bad bool", create("-o", "com.docker.network.bridge.enable_icc=maybe"), []string{"enable_icc", "true or false"}},

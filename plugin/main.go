@@ -20,6 +20,8 @@ import (
 
 	"github.com/weft-net/weft/driver"
 	"github.com/weft-net/weft/driver/bridge"
+	"github.com/weft-net/weft/driver/ipvlan"
+	"github.com/weft-net/weft/driver/macvlan"
 	"github.com/weft-net/weft/firewall"
 	"github.com/weft-net/weft/ipamdriver"
 	"github.com/weft-net/weft/netutil"
@@ -130,7 +132,8 @@ func run(s Settings) error {
 	if err != nil {
 		return err
 	}
-	drv, err := driver.New(st, fw, s.Scope, &bridge.Type{Scope: s.Scope})
+	drv, err := driver.New(st, fw, s.Scope, &bridge.Type{Scope: s.Scope},
+		&macvlan.Type{Scope: s.Scope}, &ipvlan.Type{Scope: s.Scope})
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,8 @@ type Network struct {
 	Internal bool
 	Pools    []netip.Prefix // subnets, IPv4 and IPv6
 	Gateways []netip.Prefix // gateway address with the subnet's length, one per subnet that has one
+	// Aux are the --aux-address reservations by name (IPAM keeps them free).
+	Aux map[string]netip.Addr
 	// State is what the type decided at create time (bridge name, MTU, ...)
 	// and must find again after a restart.
 	State map[string]string
@@ -30,6 +32,7 @@ type Endpoint struct {
 	Addr4     netip.Prefix
 	Addr6     netip.Prefix
 	MAC       string
+	MACGiven  bool   // Docker asked for this MAC (--mac-address)
 	HostIf    string // host-side interface (veth peer), if the type has one
 	ContIf    string // the interface Docker moves into the container
 	Options   map[string]string
@@ -56,6 +59,14 @@ type JoinInfo struct {
 	GatewayIPv6 string
 	// DisableGatewayService stops Docker from adding docker_gwbridge.
 	DisableGatewayService bool
+	StaticRoutes          []StaticRoute
+}
+
+// StaticRoute is a route Docker installs in the container.
+type StaticRoute struct {
+	Destination string // CIDR
+	Connected   bool   // a device route (no next hop)
+	NextHop     string
 }
 
 // NetworkType is one kind of weft network. Methods change only kernel
@@ -68,8 +79,10 @@ type NetworkType interface {
 	Options() []string
 	// Validate checks options and fills n.State; it changes nothing in the kernel.
 	Validate(n *Network, existing []*Network) error
-	CreateNetwork(n *Network) error
-	DeleteNetwork(n *Network) error
+	CreateNetwork(n *Network, others []*Network) error
+	// DeleteNetwork removes the network's kernel objects; others are the
+	// remaining networks (a shared parent stays while one uses it).
+	DeleteNetwork(n *Network, others []*Network) error
 	CreateEndpoint(n *Network, ep *Endpoint) error
 	DeleteEndpoint(n *Network, ep *Endpoint) error
 	Join(n *Network, ep *Endpoint) (*JoinInfo, error)

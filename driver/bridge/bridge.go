@@ -130,7 +130,7 @@ func mtuOf(n *api.Network) int {
 }
 
 // CreateNetwork implements api.NetworkType.
-func (t *Type) CreateNetwork(n *api.Network) (err error) {
+func (t *Type) CreateNetwork(n *api.Network, _ []*api.Network) (err error) {
 	name := BridgeName(n)
 	if _, err := netlink.LinkByName(name); err == nil {
 		return fmt.Errorf("option %s: an interface named %s already exists on the host; choose another bridge name", OptName, name)
@@ -204,7 +204,7 @@ func (t *Type) ensureBridge(n *api.Network) error {
 }
 
 // DeleteNetwork implements api.NetworkType.
-func (t *Type) DeleteNetwork(n *api.Network) error {
+func (t *Type) DeleteNetwork(n *api.Network, _ []*api.Network) error {
 	if err := netutil.DeleteLink(BridgeName(n)); err != nil {
 		return fmt.Errorf("remove bridge: %w", err)
 	}

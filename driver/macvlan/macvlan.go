@@ -1,0 +1,195 @@
+// Package macvlan is weft's macvlan network type: containers get a macvlan
+// interface on a host parent and sit directly on its LAN. It accepts the
+// option names of Docker's built-in macvlan driver, plus mtu and host_access.
+package macvlan
+
+import (
+	"fmt"
+	"net"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/weft-net/weft/driver/api"
+	"github.com/weft-net/weft/driver/parent"
+	"github.com/weft-net/weft/firewall"
+	"github.com/weft-net/weft/netutil"
+)
+
+// OptMode is Docker's macvlan_mode option.
+const OptMode = "macvlan_mode"
+
+const (
+	stMode = "mode"
+	stMTU  = "mtu"
+)
+
+var modes = map[string]netlink.MacvlanMode{
+	"bridge":   netlink.MACVLAN_MODE_BRIDGE,
+	"private":  netlink.MACVLAN_MODE_PRIVATE,
+	"vepa":     netlink.MACVLAN_MODE_VEPA,
+	"passthru": netlink.MACVLAN_MODE_PASSTHRU,
+}
+
+// Type implements api.NetworkType for macvlan.
+type Type struct{ Scope string }
+
+// Name implements api.NetworkType.
+func (t *Type) Name() string { return "macvlan" }
+
+// Options implements api.NetworkType.
+func (t *Type) Options() []string {
+	return []string{parent.OptParent, OptMode, parent.OptMTU, parent.OptMTUShort, parent.OptHostAccess}
+}
+
+// Validate implements api.NetworkType.
+func (t *Type) Validate(n *api.Network, existing []*api.Network) error {
+	n.State = map[string]string{}
+	mode, err := parent.Mode(n.Options, OptMode, "bridge", "bridge", "private", "vepa", "passthru")
+	if err != nil {
+		return err
+	}
+	n.State[stMode] = mode
+	if err := parent.Validate(n, existing); err != nil {
+		return err
+	}
+	for _, u := range parent.Users(n, existing) {
+		if u.Type == "ipvlan" {
+			return fmt.Errorf("option parent=%s: weft ipvlan network %.12s uses this parent; macvlan and ipvlan cannot share one", n.State[parent.StName], u.ID)
+		}
+		if mode == "passthru" || u.State[stMode] == "passthru" {
+			return fmt.Errorf("option parent=%s: a passthru network needs the parent to itself, and weft network %.12s already uses it; use another parent",
+				n.State[parent.StName], u.ID)
+		}
+	}
+	mtu, err := parent.MTU(n)
+	if err != nil {
+		return err
+	}
+	if mtu > 0 {
+		n.State[stMTU] = fmt.Sprint(mtu)
+	}
+	return parent.ValidateHostAccess(n)
+}
+
+func (t *Type) shim(name string, parentIndex int) netlink.Link {
+	return &netlink.Macvlan{LinkAttrs: netlink.LinkAttrs{Name: name, ParentIndex: parentIndex}, Mode: netlink.MACVLAN_MODE_BRIDGE}
+}
+
+// CreateNetwork implements api.NetworkType.
+func (t *Type) CreateNetwork(n *api.Network, others []*api.Network) error {
+	if err := parent.Ensure(n, t.Scope); err != nil {
+		return err
+	}
+	if err := parent.EnsureShim(n, t.Scope, t.shim); err != nil {
+		_ = t.DeleteNetwork(n, others)
+		return err
+	}
+	return nil
+}
+
+// DeleteNetwork implements api.NetworkType.
+func (t *Type) DeleteNetwork(n *api.Network, others []*api.Network) error {
+	if err := parent.RemoveShim(n); err != nil {
+		return err
+	}
+	return parent.Release(n, others, t.Scope)
+}
+
+func contName(epID string) string { return "wfc" + epID[:min(12, len(epID))] }
+
+// CreateEndpoint implements api.NetworkType.
+func (t *Type) CreateEndpoint(n *api.Network, ep *api.Endpoint) error {
+	p, err := netlink.LinkByName(n.State[parent.StName])
+	if err != nil {
+		return fmt.Errorf("parent %s of network %.12s is missing: %w", n.State[parent.StName], n.ID, err)
+	}
+	name := contName(ep.ID)
+	attrs := netlink.LinkAttrs{Name: name, ParentIndex: p.Attrs().Index, TxQLen: -1}
+	if m := n.State[stMTU]; m != "" {
+		fmt.Sscan(m, &attrs.MTU)
+	}
+	passthru := n.State[stMode] == "passthru"
+	if !passthru {
+		// In passthru mode the interface takes over the parent's MAC.
+		mac, err := net.ParseMAC(ep.MAC)
+		if err != nil {
+			return fmt.Errorf("MAC address %q: %w", ep.MAC, err)
+		}
+		attrs.HardwareAddr = mac
+	} else if ep.MACGiven {
+		return fmt.Errorf("macvlan_mode=passthru uses the parent's MAC address: --mac-address cannot be used")
+	}
+	if err := netlink.LinkAdd(&netlink.Macvlan{LinkAttrs: attrs, Mode: modes[n.State[stMode]]}); err != nil {
+		if parent.IsUnsupported(err) {
+			return parent.FeatureError("macvlan", "CONFIG_MACVLAN")
+		}
+		return fmt.Errorf("create macvlan %s on %s: %w", name, p.Attrs().Name, err)
+	}
+	success := false
+	defer func() {
+		if !success {
+			_ = netutil.DeleteLink(name)
+		}
+	}()
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("look up %s: %w", name, err)
+	}
+	_ = netlink.LinkSetAlias(l, api.AliasPrefix+t.Scope+":"+n.ID+":"+ep.ID)
+	if passthru {
+		ep.MAC = l.Attrs().HardwareAddr.String()
+	}
+	if err := parent.AddHostRoute(n, ep); err != nil {
+		return err
+	}
+	ep.ContIf = name
+	success = true
+	return nil
+}
+
+// DeleteEndpoint implements api.NetworkType.
+func (t *Type) DeleteEndpoint(n *api.Network, ep *api.Endpoint) error {
+	parent.DelHostRoute(n, ep)
+	return netutil.DeleteLink(contName(ep.ID))
+}
+
+// Join implements api.NetworkType.
+func (t *Type) Join(n *api.Network, ep *api.Endpoint) (*api.JoinInfo, error) {
+	// An internal (e.g. parent-less) network has no way out: keep Docker
+	// from adding docker_gwbridge for egress.
+	ji := &api.JoinInfo{SrcName: contName(ep.ID), DstPrefix: "eth", DisableGatewayService: n.Internal}
+	if !n.Internal {
+		for _, gw := range n.Gateways {
+			if gw.Addr().Is4() && ji.Gateway == "" && ep.Addr4.IsValid() {
+				ji.Gateway = gw.Addr().String()
+			}
+			if gw.Addr().Is6() && ji.GatewayIPv6 == "" && ep.Addr6.IsValid() {
+				ji.GatewayIPv6 = gw.Addr().String()
+			}
+		}
+	}
+	return ji, nil
+}
+
+// Leave implements api.NetworkType.
+func (t *Type) Leave(*api.Network, *api.Endpoint) error { return nil }
+
+// Reconcile implements api.NetworkType: re-creates a weft-made parent and
+// the shim after a reboot, and the shim's routes.
+func (t *Type) Reconcile(n *api.Network, eps []*api.Endpoint) error {
+	if err := parent.Ensure(n, t.Scope); err != nil {
+		return err
+	}
+	if err := parent.EnsureShim(n, t.Scope, t.shim); err != nil {
+		return err
+	}
+	for _, ep := range eps {
+		if err := parent.AddHostRoute(n, ep); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Firewall implements api.NetworkType: macvlan traffic bypasses the host's IP stack.
+func (t *Type) Firewall(*api.Network, []*api.Endpoint) *firewall.Network { return nil }
