@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/sirupsen/logrus"
@@ -40,6 +41,8 @@ const (
 // Firewall is what the driver needs from the firewall package.
 type Firewall interface {
 	Sync([]firewall.Network) error
+	// Forget makes the next Sync re-read every rule from the kernel.
+	Forget()
 }
 
 // Driver implements network.Driver.
@@ -105,9 +108,9 @@ func (d *Driver) Reconcile() error {
 	defer d.mu.Unlock()
 	var errs []error
 	for _, n := range d.sortedNets() {
-		t, ok := d.types[n.Type]
-		if !ok {
-			errs = append(errs, fmt.Errorf("network %.12s has unknown type %q", n.ID, n.Type))
+		t, err := d.typeOf(n)
+		if err != nil {
+			errs = append(errs, err)
 			continue
 		}
 		if err := t.Reconcile(n, d.endpointsOf(n.ID)); err != nil {
@@ -119,7 +122,7 @@ func (d *Driver) Reconcile() error {
 			continue
 		}
 		if err := d.ports.reserve(ep.ID, ep.Ports); err != nil {
-			logrus.WithField("endpoint", ep.ID[:12]).WithError(err).Warn("cannot re-reserve published ports; they stay forwarded but another program may take them")
+			logrus.WithField("endpoint", short(ep.ID)).WithError(err).Warn("cannot re-reserve published ports; they stay forwarded but another program may take them")
 		}
 	}
 	d.removeLeftovers()
@@ -160,6 +163,38 @@ func (d *Driver) removeLeftovers() {
 }
 
 func (d *Driver) wait() { <-d.ready }
+
+// typeOf returns a network's type, or an error for a type this build does
+// not know (e.g. after a downgrade), instead of a nil interface.
+func (d *Driver) typeOf(n *api.Network) (api.NetworkType, error) {
+	t, ok := d.types[n.Type]
+	if !ok {
+		return nil, fmt.Errorf("network %.12s has type %q, which this version of weft does not support", n.ID, n.Type)
+	}
+	return t, nil
+}
+
+// Watch re-checks the firewall every interval until stop closes: a
+// firewall script that flushes DOCKER-USER, or a reboot of Docker's
+// rules, must not leave weft's networks unprotected for long.
+func (d *Driver) Watch(stop <-chan struct{}, interval time.Duration) {
+	<-d.ready
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			d.mu.Lock()
+			d.fw.Forget()
+			if err := d.syncFirewall(); err != nil {
+				logrus.WithError(err).Warn("firewall check failed")
+			}
+			d.mu.Unlock()
+		}
+	}
+}
 
 func (d *Driver) sortedNets() []*api.Network {
 	out := make([]*api.Network, 0, len(d.nets))
@@ -382,17 +417,26 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	if !ok {
 		return nil
 	}
+	t, terr := d.typeOf(n)
 	for _, ep := range d.endpointsOf(n.ID) {
 		// Docker removes endpoints first; these are records of containers
 		// that vanished while the plugin was away.
-		_ = d.types[n.Type].DeleteEndpoint(n, ep)
+		if terr == nil {
+			_ = t.DeleteEndpoint(n, ep)
+		}
 		d.ports.release(ep.ID)
 		delete(d.eps, ep.ID)
 	}
 	delete(d.nets, n.ID)
-	if err := d.types[n.Type].DeleteNetwork(n, d.sortedNets()); err != nil {
-		d.nets[n.ID] = n
-		return err
+	if terr == nil {
+		if err := t.DeleteNetwork(n, d.sortedNets()); err != nil {
+			d.nets[n.ID] = n
+			return err
+		}
+	} else {
+		// Nothing of an unknown type can be undone; drop the records so
+		// `docker network rm` succeeds.
+		logrus.WithField("network", short(n.ID)).WithError(terr).Warn("removing the records of a network of unknown type")
 	}
 	if err := d.st.Update(func(tx *store.Tx) error {
 		if err := tx.DeletePrefix(bucketEndpoints, n.ID+"/"); err != nil {
@@ -471,7 +515,10 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 	if !ep.MACGiven {
 		ep.MAC = netutil.MACFor(ep.Addr4.Addr()).String()
 	}
-	t := d.types[n.Type]
+	t, err := d.typeOf(n)
+	if err != nil {
+		return nil, err
+	}
 	if err := t.CreateEndpoint(n, ep); err != nil {
 		return nil, err
 	}
@@ -497,17 +544,20 @@ func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 	if !ok {
 		return nil
 	}
-	n := d.nets[ep.NetworkID]
-	if n != nil {
-		if err := d.types[n.Type].DeleteEndpoint(n, ep); err != nil {
-			return err
-		}
+	// Commit first: if the store fails, nothing has changed. If the kernel
+	// step fails after it, the start-up sweep removes the labelled leftover.
+	if err := d.st.Update(func(tx *store.Tx) error { return tx.Delete(bucketEndpoints, epKey(ep)) }); err != nil {
+		return fmt.Errorf("save: %w", err)
 	}
 	hadPorts := len(ep.Ports) > 0
 	d.ports.release(ep.ID)
 	delete(d.eps, ep.ID)
-	if err := d.st.Update(func(tx *store.Tx) error { return tx.Delete(bucketEndpoints, epKey(ep)) }); err != nil {
-		return fmt.Errorf("save: %w", err)
+	if n := d.nets[ep.NetworkID]; n != nil {
+		if t, err := d.typeOf(n); err == nil {
+			if err := t.DeleteEndpoint(n, ep); err != nil {
+				logrus.WithFields(logrus.Fields{"network": short(n.ID), "endpoint": short(ep.ID)}).WithError(err).Warn("removing the endpoint's interface failed")
+			}
+		}
 	}
 	if hadPorts {
 		if err := d.syncFirewall(); err != nil {
@@ -550,7 +600,14 @@ func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 		return nil, fmt.Errorf("weft has no endpoint %.12s", req.EndpointID)
 	}
 	n := d.nets[ep.NetworkID]
-	ji, err := d.types[n.Type].Join(n, ep)
+	if n == nil {
+		return nil, fmt.Errorf("weft has no network %.12s", ep.NetworkID)
+	}
+	t, err := d.typeOf(n)
+	if err != nil {
+		return nil, err
+	}
+	ji, err := t.Join(n, ep)
 	if err != nil {
 		return nil, err
 	}
@@ -558,7 +615,7 @@ func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 	ep.Joined, ep.Sandbox = true, req.SandboxKey
 	if err := d.saveEndpoint(ep); err != nil {
 		*ep = prev
-		_ = d.types[n.Type].Leave(n, ep)
+		_ = t.Leave(n, ep)
 		return nil, err
 	}
 	logrus.WithFields(logrus.Fields{"network": short(n.ID), "endpoint": short(ep.ID), "sandbox": req.SandboxKey}).Debug("joined")
@@ -587,14 +644,20 @@ func (d *Driver) Leave(req *network.LeaveRequest) error {
 	if !ok {
 		return nil
 	}
-	n := d.nets[ep.NetworkID]
-	if n != nil {
-		if err := d.types[n.Type].Leave(n, ep); err != nil {
-			return err
+	if n := d.nets[ep.NetworkID]; n != nil {
+		if t, err := d.typeOf(n); err == nil {
+			if err := t.Leave(n, ep); err != nil {
+				return err
+			}
 		}
 	}
+	prev := *ep
 	ep.Joined, ep.Sandbox = false, ""
-	return d.saveEndpoint(ep)
+	if err := d.saveEndpoint(ep); err != nil {
+		*ep = prev
+		return err
+	}
+	return nil
 }
 
 func short(id string) string { return id[:min(12, len(id))] }

@@ -88,6 +88,8 @@ type fakeFirewall struct {
 	fail error
 }
 
+func (f *fakeFirewall) Forget() {}
+
 func (f *fakeFirewall) Sync(n []firewall.Network) error {
 	if f.fail != nil {
 		return f.fail

@@ -157,6 +157,9 @@ func (d *Driver) ProgramExternalConnectivity(req *network.ProgramExternalConnect
 		return fmt.Errorf("weft has no endpoint %.12s", req.EndpointID)
 	}
 	n := d.nets[ep.NetworkID]
+	if n == nil {
+		return fmt.Errorf("weft has no network %.12s", ep.NetworkID)
+	}
 	log := logrus.WithFields(logrus.Fields{"network": short(n.ID), "endpoint": short(ep.ID)})
 	pm, err := parsePortMap(req.Options)
 	if err != nil {
@@ -238,12 +241,13 @@ func (d *Driver) RevokeExternalConnectivity(req *network.RevokeExternalConnectiv
 	if !ok || len(ep.Ports) == 0 {
 		return nil
 	}
+	// Commit first; then the kernel and the reserved sockets follow.
 	prev := ep.Ports
 	ep.Ports = nil
-	if err := d.syncFirewall(); err != nil {
+	if err := d.saveEndpoint(ep); err != nil {
 		ep.Ports = prev
 		return err
 	}
 	d.ports.release(ep.ID)
-	return d.saveEndpoint(ep)
+	return d.syncFirewall()
 }

@@ -15,7 +15,7 @@ type Fake struct {
 // NewFake returns a Fake with the built-in filter and nat chains.
 func NewFake() *Fake {
 	f := &Fake{chains: map[string][]string{}}
-	for _, c := range []string{"filter/INPUT", "filter/FORWARD", "filter/OUTPUT", "nat/PREROUTING", "nat/INPUT", "nat/OUTPUT", "nat/POSTROUTING"} {
+	for _, c := range []string{"filter/INPUT", "filter/FORWARD", "filter/OUTPUT", "nat/PREROUTING", "nat/INPUT", "nat/OUTPUT", "nat/POSTROUTING", "raw/PREROUTING", "raw/OUTPUT"} {
 		f.chains[c] = nil
 	}
 	return f

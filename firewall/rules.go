@@ -18,6 +18,7 @@ const (
 	ChainForward     = "WEFT-FORWARD"
 	ChainDNAT        = "WEFT-DNAT"
 	ChainPostrouting = "WEFT-POSTROUTING"
+	ChainRaw         = "WEFT-PREROUTING"
 )
 
 // Network is what the firewall needs to know about one weft bridge network.
@@ -67,32 +68,47 @@ func Render(family Family, nets []Network) Ruleset {
 	rs := Ruleset{"filter": {ChainForward: nil}}
 	if family == IPv4 {
 		rs["nat"] = map[string][]Rule{ChainDNAT: nil, ChainPostrouting: nil}
+		// route_localnet (for published ports on 127.0.0.1) would also let a
+		// container send to the host's loopback services: drop that early.
+		var raw []Rule
+		for _, n := range nets {
+			raw = append(raw, Rule{"-d", "127.0.0.0/8", "-i", n.Bridge, "-j", "DROP"})
+		}
+		rs["raw"] = map[string][]Rule{ChainRaw: raw}
 	}
 	fwd := &[]Rule{}
 	add := func(r ...string) { *fwd = append(*fwd, Rule(r)) }
 
-	// First every rule about traffic INTO a weft bridge, then every rule
-	// about traffic OUT of one: a packet from one weft network to another
-	// meets the destination's DROP before the source's egress ACCEPT.
+	// First the walls of --internal networks, then every rule about
+	// traffic INTO a weft bridge, then every rule about traffic OUT of one:
+	// a packet from one weft network to another meets the destination's
+	// DROP before the source's egress ACCEPT.
+	for _, n := range nets {
+		if n.Internal {
+			add("-i", n.Bridge, "!", "-o", n.Bridge, "-j", "DROP")
+			add("!", "-i", n.Bridge, "-o", n.Bridge, "-j", "DROP")
+		}
+	}
 	for _, n := range nets {
 		br := n.Bridge
 		add("-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+		if !n.Internal && family == IPv4 && len(n.Ports) > 0 {
+			// Before the ICC rule: published ports stay reachable from the
+			// same network with enable_icc=false, as with Docker's bridge.
+			add("-o", br, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT")
+		}
 		if n.ICC {
 			add("-i", br, "-o", br, "-j", "ACCEPT")
 		} else {
 			add("-i", br, "-o", br, "-j", "DROP")
 		}
-		if !n.Internal && family == IPv4 && len(n.Ports) > 0 {
-			add("-o", br, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT")
-		}
 		add("-o", br, "-j", "DROP")
 	}
 	for _, n := range nets {
-		br := n.Bridge
 		if n.Internal {
-			add("-i", br, "-j", "DROP")
 			continue
 		}
+		br := n.Bridge
 		for _, d := range dockerBridges {
 			add("-i", br, "-o", d, "-j", "RETURN")
 		}
@@ -161,16 +177,23 @@ func Render(family Family, nets []Network) Ruleset {
 type Hook struct {
 	Table, Chain string
 	Rule         Rule
-	// After: insert right after the first rule jumping to this chain (so
-	// DOCKER-USER keeps precedence), else at the top.
-	After string
 }
 
-// Hooks lists the jumps weft needs for family.
+// Docker inserts each new network's rules at the top of FORWARD and then
+// moves its DOCKER-USER jump back to first place, so a jump placed in
+// FORWARD would sink below Docker's ACCEPT rules. Docker never reorders
+// DOCKER-USER itself: weft's jump goes there, before its closing RETURN,
+// so user rules (inserted at the top) keep precedence and Docker's rules
+// come after weft's.
+const dockerUser = "DOCKER-USER"
+
+// Hooks lists the jumps weft needs for family (the FORWARD one is placed
+// by forwardHook).
 func Hooks(family Family) []Hook {
-	h := []Hook{{Table: "filter", Chain: "FORWARD", Rule: Rule{"-j", ChainForward}, After: "DOCKER-USER"}}
+	h := []Hook{{Table: "filter", Chain: "FORWARD", Rule: Rule{"-j", ChainForward}}}
 	if family == IPv4 {
 		h = append(h,
+			Hook{Table: "raw", Chain: "PREROUTING", Rule: Rule{"-j", ChainRaw}},
 			Hook{Table: "nat", Chain: "PREROUTING", Rule: Rule{"-m", "addrtype", "--dst-type", "LOCAL", "-j", ChainDNAT}},
 			Hook{Table: "nat", Chain: "OUTPUT", Rule: Rule{"-m", "addrtype", "--dst-type", "LOCAL", "-j", ChainDNAT}},
 			Hook{Table: "nat", Chain: "POSTROUTING", Rule: Rule{"-j", ChainPostrouting}},

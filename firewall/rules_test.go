@@ -90,17 +90,15 @@ func TestRenderIsolationOrder(t *testing.T) {
 }
 
 func TestSyncIdempotentAndMinimal(t *testing.T) {
-	v4, v6 := NewFake(), NewFake()
-	_ = v4.Append("filter", "FORWARD", "-j", "DOCKER-USER")
-	_ = v4.Append("filter", "FORWARD", "-j", "DOCKER-ISOLATION-STAGE-1")
+	v4, v6 := dockerFake(), NewFake()
 	fw := New(v4, v6)
 	nets := []Network{base()}
 	if err := fw.Sync(nets); err != nil {
 		t.Fatal(err)
 	}
 	dump := v4.Dump()
-	if !strings.Contains(dump, "filter/FORWARD\n  -j DOCKER-USER\n  -j WEFT-FORWARD\n  -j DOCKER-ISOLATION-STAGE-1\n") {
-		t.Fatalf("weft jump not right after DOCKER-USER:\n%s", dump)
+	if !strings.Contains(dump, "filter/DOCKER-USER\n  -j WEFT-FORWARD\n  -j RETURN\n") || strings.Contains(dump, "filter/FORWARD\n  -j WEFT") {
+		t.Fatalf("weft jump not inside DOCKER-USER before its RETURN:\n%s", dump)
 	}
 	// A second sync with a forgotten cache must read the kernel and change nothing.
 	fw.Forget()
@@ -143,6 +141,75 @@ func TestSyncIdempotentAndMinimal(t *testing.T) {
 	}
 	if !strings.Contains(v4.Dump(), "-j DOCKER-USER") {
 		t.Fatal("Docker's rule was removed")
+	}
+}
+
+// dockerFake is a Fake with the chains dockerd sets up.
+func dockerFake() *Fake {
+	f := NewFake()
+	_ = f.NewChain("filter", "DOCKER-USER")
+	_ = f.Append("filter", "DOCKER-USER", "-j", "RETURN")
+	_ = f.Append("filter", "FORWARD", "-j", "DOCKER-USER")
+	_ = f.Append("filter", "FORWARD", "-j", "DOCKER-ISOLATION-STAGE-1")
+	return f
+}
+
+func TestForwardJumpSurvivesDockerAndUsers(t *testing.T) {
+	v4 := dockerFake()
+	fw := New(v4, nil)
+	nets := []Network{base()}
+	if err := fw.Sync(nets); err != nil {
+		t.Fatal(err)
+	}
+	// Docker adds a network: its rules go to the top of FORWARD. A user
+	// inserts a rule at the top of DOCKER-USER. Neither disturbs weft.
+	_ = v4.Insert("filter", "FORWARD", 1, "-i", "br-new", "!", "-o", "br-new", "-j", "ACCEPT")
+	_ = v4.Insert("filter", "DOCKER-USER", 1, "-s", "192.0.2.9/32", "-j", "DROP")
+	if err := fw.Sync(nets); err != nil {
+		t.Fatal(err)
+	}
+	if d := v4.Dump(); !strings.Contains(d, "filter/DOCKER-USER\n  -s 192.0.2.9/32 -j DROP\n  -j WEFT-FORWARD\n  -j RETURN\n") {
+		t.Fatalf("order in DOCKER-USER wrong:\n%s", d)
+	}
+	// A firewall script flushes DOCKER-USER: the next sync (with nothing
+	// else changed, as the watchdog runs it) restores the jump.
+	_ = v4.ClearChain("filter", "DOCKER-USER")
+	_ = v4.Append("filter", "DOCKER-USER", "-j", "RETURN")
+	if err := fw.Sync(nets); err != nil {
+		t.Fatal(err)
+	}
+	if d := v4.Dump(); !strings.Contains(d, "filter/DOCKER-USER\n  -j WEFT-FORWARD\n  -j RETURN\n") {
+		t.Fatalf("jump not restored after a flush:\n%s", d)
+	}
+}
+
+func TestForwardJumpWithoutDockerThenWithDocker(t *testing.T) {
+	v4 := NewFake()
+	_ = v4.Append("filter", "FORWARD", "-j", "SOMETHING")
+	fw := New(v4, nil)
+	nets := []Network{base()}
+	if err := fw.Sync(nets); err != nil {
+		t.Fatal(err)
+	}
+	if d := v4.Dump(); !strings.Contains(d, "filter/FORWARD\n  -j WEFT-FORWARD\n  -j SOMETHING\n") {
+		t.Fatalf("without DOCKER-USER the jump belongs at the top of FORWARD:\n%s", d)
+	}
+	// dockerd starts after weft and creates DOCKER-USER: the jump moves there.
+	_ = v4.NewChain("filter", "DOCKER-USER")
+	_ = v4.Append("filter", "DOCKER-USER", "-j", "RETURN")
+	_ = v4.Insert("filter", "FORWARD", 1, "-j", "DOCKER-USER")
+	if err := fw.Sync(nets); err != nil {
+		t.Fatal(err)
+	}
+	d := v4.Dump()
+	if strings.Count(d, "-j WEFT-FORWARD") != 1 || !strings.Contains(d, "filter/DOCKER-USER\n  -j WEFT-FORWARD\n  -j RETURN\n") {
+		t.Fatalf("jump not moved into DOCKER-USER:\n%s", d)
+	}
+	if err := fw.Sync(nil); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(v4.Dump(), "WEFT") {
+		t.Fatalf("left after the last network:\n%s", v4.Dump())
 	}
 }
 

@@ -61,14 +61,18 @@ func (f *Firewall) Sync(nets []Network) error {
 			continue
 		}
 		want := rs.Format()
-		if f.applied[fam] == want {
-			continue // unchanged since the last successful sync
+		if f.applied[fam] != want {
+			delete(f.applied, fam)
+			if err := f.applyChains(fam, ipt, rs); err != nil {
+				return err
+			}
+			f.applied[fam] = want
 		}
-		delete(f.applied, fam)
-		if err := f.apply(fam, ipt, rs); err != nil {
+		// Jumps are checked every time: Docker and users edit the
+		// built-in chains behind our back.
+		if err := f.applyHooks(fam, ipt); err != nil {
 			return err
 		}
-		f.applied[fam] = want
 	}
 	return nil
 }
@@ -80,7 +84,7 @@ func (f *Firewall) Forget() {
 	f.mu.Unlock()
 }
 
-func (f *Firewall) apply(fam Family, ipt IPTables, rs Ruleset) error {
+func (f *Firewall) applyChains(fam Family, ipt IPTables, rs Ruleset) error {
 	for table, chains := range rs {
 		for chain, rules := range chains {
 			if err := f.ensureChain(ipt, table, chain); err != nil {
@@ -91,15 +95,105 @@ func (f *Firewall) apply(fam Family, ipt IPTables, rs Ruleset) error {
 			}
 		}
 	}
+	return nil
+}
+
+func (f *Firewall) applyHooks(fam Family, ipt IPTables) error {
 	for _, h := range Hooks(fam) {
-		if err := f.ensureHook(ipt, h); err != nil {
+		var err error
+		if h.Table == "filter" && h.Chain == "FORWARD" {
+			err = f.ensureForwardHook(ipt, h.Rule)
+		} else {
+			err = f.ensureHook(ipt, h)
+		}
+		if err != nil {
 			return fmt.Errorf("firewall: IPv%d hook %s/%s: %w", fam, h.Table, h.Chain, err)
 		}
 	}
 	return nil
 }
 
+// ensureForwardHook puts the jump to WEFT-FORWARD inside DOCKER-USER before
+// its first unconditional RETURN, or at the top of FORWARD where Docker
+// keeps no DOCKER-USER chain, and removes it from the other place.
+func (f *Firewall) ensureForwardHook(ipt IPTables, jump Rule) error {
+	want := join(jump)
+	hasUser, err := ipt.ChainExists("filter", dockerUser)
+	if err != nil {
+		return err
+	}
+	home := "FORWARD"
+	if hasUser {
+		home = dockerUser
+		// A jump left in FORWARD from before dockerd made its chain.
+		if err := f.deleteAll(ipt, "filter", "FORWARD", jump); err != nil {
+			return err
+		}
+	}
+	rules, err := listRules(ipt, "filter", home)
+	if err != nil {
+		return err
+	}
+	pos, ret := -1, -1
+	for i, r := range rules {
+		if r == want && pos < 0 {
+			pos = i
+		}
+		if r == "-j RETURN" && ret < 0 {
+			ret = i
+		}
+	}
+	target := 0 // FORWARD: the very top
+	if home == dockerUser {
+		target = len(rules)
+		if ret >= 0 {
+			target = ret
+		}
+	}
+	ok := pos >= 0
+	if home == dockerUser {
+		ok = ok && (ret < 0 || pos < ret)
+	} else {
+		ok = ok && pos == 0
+	}
+	if ok {
+		return nil
+	}
+	if pos >= 0 {
+		if err := f.deleteAll(ipt, "filter", home, jump); err != nil {
+			return err
+		}
+		if pos < target {
+			target--
+		}
+	}
+	f.Ops++
+	logrus.WithField("chain", home).Debug("firewall: placing the jump to WEFT-FORWARD")
+	return ipt.Insert("filter", home, target+1, jump...)
+}
+
+func (f *Firewall) deleteAll(ipt IPTables, table, chain string, r Rule) error {
+	rules, err := listRules(ipt, table, chain)
+	if err != nil {
+		return err
+	}
+	for _, x := range rules {
+		if x == join(r) {
+			if err := ipt.Delete(table, chain, r...); err != nil {
+				return err
+			}
+			f.Ops++
+		}
+	}
+	return nil
+}
+
 func (f *Firewall) remove(fam Family, ipt IPTables, rs Ruleset) error {
+	if ok, _ := ipt.ChainExists("filter", dockerUser); ok {
+		if err := f.deleteAll(ipt, "filter", dockerUser, Rule{"-j", ChainForward}); err != nil {
+			return fmt.Errorf("firewall: IPv%d remove hook from %s: %w", fam, dockerUser, err)
+		}
+	}
 	for _, h := range Hooks(fam) {
 		rules, err := listRules(ipt, h.Table, h.Chain)
 		if err != nil {
@@ -225,18 +319,14 @@ func (f *Firewall) ensureHook(ipt IPTables, h Hook) error {
 		return err
 	}
 	want := join(h.Rule)
-	pos := 1
-	for i, r := range rules {
+	for _, r := range rules {
 		if r == want {
 			return nil
-		}
-		if h.After != "" && r == "-j "+h.After && pos == 1 {
-			pos = i + 2
 		}
 	}
 	f.Ops++
 	logrus.WithFields(logrus.Fields{"table": h.Table, "chain": h.Chain}).Debug("firewall: installing jump to weft chain")
-	return ipt.Insert(h.Table, h.Chain, pos, h.Rule...)
+	return ipt.Insert(h.Table, h.Chain, 1, h.Rule...)
 }
 
 func equal(a, b []string) bool {

@@ -7,28 +7,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
-	"strings"
 
 	"github.com/vishvananda/netlink"
 )
 
-// ProcSys is where sysctls are written; a setting so tests and plugins
-// with a read-only /proc/sys can point it elsewhere.
+// ProcSys is where sysctls are read (a managed plugin's /proc/sys is
+// read-only: settings are made over netlink instead).
 var ProcSys = "/proc/sys"
-
-// SetSysctl writes value to a key such as "net/ipv4/conf/weft-x/route_localnet".
-func SetSysctl(key, value string) error {
-	if strings.Contains(key, "..") {
-		return fmt.Errorf("sysctl %s: invalid key", key)
-	}
-	p := filepath.Join(ProcSys, key)
-	if err := os.WriteFile(p, []byte(value), 0o644); err != nil {
-		return fmt.Errorf("sysctl %s=%s: %w", key, value, err)
-	}
-	return nil
-}
 
 // IsNotFound reports whether err is netlink's "link not found".
 func IsNotFound(err error) bool {

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -109,12 +110,6 @@ func run(s Settings) error {
 	if err != nil {
 		return err
 	}
-	if backend == "legacy" {
-		// Share the host's xtables lock with dockerd when /run is mounted in.
-		if _, err := os.Stat("/host/run"); err == nil {
-			os.Setenv("XTABLES_LOCKFILE", "/host/run/xtables.lock")
-		}
-	}
 	v4, v6, err6, err := firewall.Open(backend)
 	if err != nil {
 		return err
@@ -146,13 +141,20 @@ func run(s Settings) error {
 			logrus.WithError(err).Error("reconcile at start found problems")
 		}
 	}()
+	stop := make(chan struct{})
+	defer close(stop)
+	go drv.Watch(stop, 10*time.Second)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	select {
 	case <-sig:
-		// Kernel state stays: containers keep running while weft is away.
+		// Finish calls in flight (a veth half-labelled is a leftover), then
+		// stop. Kernel state stays: containers keep running while weft is away.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
 		logrus.Info("weft shutting down; networks stay in place")
 		return nil
 	case err := <-errc:

@@ -13,7 +13,7 @@ if ! [ -x /usr/sbin/xtables-nft-multi ] || ! [ -x /usr/sbin/xtables-legacy-multi
 fi
 
 rm -rf "$root"
-mkdir -p "$root"/{usr/sbin,etc,run,proc,sys,dev,tmp,var/lib/weft,host/run}
+mkdir -p "$root"/{usr/sbin,etc,run,proc,sys,dev,tmp,var/lib/weft}
 install -m 0755 "$bin" "$root/weft"
 
 # Mirror the host's merged-/usr layout (lib -> usr/lib ...): libxtables looks

@@ -2,6 +2,7 @@ package api
 
 import (
 	"fmt"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -105,10 +106,14 @@ func MTU(opts map[string]string, keys ...string) (int, error) {
 	return 0, nil
 }
 
-// IfName checks a Linux interface name (at most 15 bytes, no '/', spaces or ':').
+var ifNameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$`)
+
+// IfName checks an interface name: 1 to 15 of letters, digits, '_', '.',
+// '-', not starting with '.' or '-'. Stricter than the kernel on purpose:
+// '+' is an iptables wildcard and '%d' a kernel name template.
 func IfName(key, name string) error {
-	if name == "" || len(name) > 15 || strings.ContainsAny(name, "/: \t\n") || name == "." || name == ".." {
-		return fmt.Errorf("option %s=%q: an interface name is 1 to 15 characters without '/', ':' or spaces", key, name)
+	if !ifNameRE.MatchString(name) {
+		return fmt.Errorf("option %s=%q: an interface name is 1 to 15 letters, digits, '_', '.' or '-', not starting with '.' or '-'", key, name)
 	}
 	return nil
 }

@@ -38,9 +38,14 @@ func TestParsers(t *testing.T) {
 	if n, _ := MTU(map[string]string{"m": "1400"}, "x", "m"); n != 1400 {
 		t.Fatalf("MTU = %d", n)
 	}
-	for _, bad := range []string{"", "a/b", "sixteen-chars-xx", "a b"} {
+	for _, bad := range []string{"", "a/b", "sixteen-chars-xx", "a b", "+", "eth+", "x%d", "-x", ".", "..", "a:b"} {
 		if IfName("k", bad) == nil {
 			t.Fatalf("ifname %q accepted", bad)
+		}
+	}
+	for _, good := range []string{"eth0", "eth0.30", "weft-br_1", "a"} {
+		if err := IfName("k", good); err != nil {
+			t.Fatalf("ifname %q refused: %v", good, err)
 		}
 	}
 }

@@ -9,7 +9,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
@@ -110,7 +113,7 @@ func (t *Type) Validate(n *api.Network, existing []*api.Network) error {
 	}
 	if p := o[OptIfPrefix]; p != "" {
 		if err := api.IfName(OptIfPrefix, p+"0"); err != nil || len(p) > 12 {
-			return fmt.Errorf("option %s=%q: a prefix of at most 12 characters without '/', ':' or spaces", OptIfPrefix, p)
+			return fmt.Errorf("option %s=%q: a prefix of 1 to 12 letters, digits, '_', '.' or '-'", OptIfPrefix, p)
 		}
 		st[stIfPfx] = p
 	}
@@ -151,7 +154,7 @@ func (t *Type) CreateNetwork(n *api.Network, _ []*api.Network) (err error) {
 // ensureBridge creates or repairs the bridge: name, MTU, alias, addresses, up.
 func (t *Type) ensureBridge(n *api.Network) error {
 	name := BridgeName(n)
-	log := logrus.WithFields(logrus.Fields{"network": n.ID[:12], "bridge": name})
+	log := logrus.WithFields(logrus.Fields{"network": n.ID[:min(12, len(n.ID))], "bridge": name})
 	l, err := netlink.LinkByName(name)
 	if err != nil {
 		if !netutil.IsNotFound(err) {
@@ -180,8 +183,11 @@ func (t *Type) ensureBridge(n *api.Network) error {
 		}
 	}
 	if n.IPv6 {
-		// The kernel may have IPv6 disabled on new links by default.
-		_ = netutil.SetSysctl("net/ipv6/conf/"+name+"/disable_ipv6", "0")
+		// New links inherit net.ipv6.conf.default.disable_ipv6, which a
+		// managed plugin cannot change (/proc/sys is read-only there).
+		if b, err := os.ReadFile(filepath.Join(netutil.ProcSys, "net/ipv6/conf", name, "disable_ipv6")); err == nil && strings.TrimSpace(string(b)) == "1" {
+			return fmt.Errorf("--ipv6: IPv6 is disabled on this host for new interfaces (net.ipv6.conf.default.disable_ipv6=1); set it to 0 with sysctl, or create the network without --ipv6")
+		}
 	}
 	for _, gw := range n.Gateways {
 		// nodad: the gateway must answer at once, not after duplicate detection.
