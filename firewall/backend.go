@@ -20,11 +20,11 @@ type Backend string
 // must live next to Docker's or they would not be evaluated with them.
 func DetectBackend(setting string) (Backend, string, error) {
 	switch setting {
-	case "nft", "legacy":
+	case "nft", "legacy", "none":
 		return Backend(setting), "set by IPTABLES_BACKEND", nil
 	case "", "auto":
 	default:
-		return "", "", fmt.Errorf("setting IPTABLES_BACKEND=%q: want auto, nft or legacy", setting)
+		return "", "", fmt.Errorf("setting IPTABLES_BACKEND=%q: want auto, nft, legacy or none", setting)
 	}
 	count := func(b string) (rules int, docker bool) {
 		if b == "legacy" {

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coreos/go-iptables/iptables"
 	"github.com/docker/go-plugins-helpers/ipam"
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/docker/go-plugins-helpers/sdk"
@@ -110,15 +111,24 @@ func run(s Settings) error {
 	if err != nil {
 		return err
 	}
-	v4, v6, err6, err := firewall.Open(backend)
-	if err != nil {
-		return err
-	}
 	var fw *firewall.Firewall
-	if v6 == nil {
+	var v4, v6 *iptables.IPTables
+	var err6 error
+	if backend != "none" {
+		if v4, v6, err6, err = firewall.Open(backend); err != nil {
+			return err
+		}
+	}
+	switch {
+	case backend == "none":
+		// For kernels without netfilter (the kernel lab): macvlan and
+		// ipvlan need no rules, but bridge networks get no NAT or isolation.
+		logrus.Warn("IPTABLES_BACKEND=none: weft installs no firewall rules; bridge networks have no NAT, isolation or published ports")
+		fw = firewall.New(nil, nil)
+	case v6 == nil:
 		logrus.WithError(err6).Warn("ip6tables unavailable: IPv6 networks get no firewall rules")
 		fw = firewall.New(v4, nil)
-	} else {
+	default:
 		fw = firewall.New(v4, v6)
 	}
 	logrus.WithFields(logrus.Fields{"backend": backend, "why": why}).Info("iptables backend chosen")

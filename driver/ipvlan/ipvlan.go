@@ -62,10 +62,15 @@ func (t *Type) Validate(n *api.Network, existing []*api.Network) error {
 		if u.Type != "ipvlan" {
 			return fmt.Errorf("option parent=%s: weft %s network %.12s uses this parent; ipvlan cannot share it", n.State[parent.StName], u.Type, u.ID)
 		}
+		// The kernel keeps one mode and one flag per parent: a second network
+		// asking for others would silently change the first one's.
 		if u.State[stMode] != mode {
-			// The kernel keeps one ipvlan mode per parent.
 			return fmt.Errorf("option ipvlan_mode=%s: parent %s already carries ipvlan_mode=%s (weft network %.12s); one parent has one mode",
 				mode, n.State[parent.StName], u.State[stMode], u.ID)
+		}
+		if u.State[stFlag] != flag {
+			return fmt.Errorf("option ipvlan_flag=%s: parent %s already carries ipvlan_flag=%s (weft network %.12s); one parent has one flag",
+				flag, n.State[parent.StName], u.State[stFlag], u.ID)
 		}
 	}
 	mtu, err := parent.MTU(n)
