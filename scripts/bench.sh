@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# make bench: weft's bridge against Docker's built-in bridge, side by side in
-# one run, on this machine. Prepares the machine (scripts/e2e-env.sh up),
-# installs weft:latest, measures container-to-container TCP throughput and
-# ping RTT, `docker run` time, 50 parallel `docker run -d`, and the plugin's
-# memory with 500 endpoints, then writes docs/benchmarks.md. Everything it
-# creates is named wfbench-* and removed on exit, also on failure.
+# make bench: weft against Docker's built-in drivers, side by side in one
+# run, on this machine. Prepares the machine (scripts/e2e-env.sh up),
+# installs weft:latest, then
+# - bridge: container-to-container TCP throughput and ping RTT, `docker run`
+#   time, 50 parallel `docker run -d`, and the plugin's memory with 500
+#   endpoints;
+# - macvlan: the same throughput, RTT and `docker run` time, both drivers in
+#   bridge mode on one parent, a veth pair wfbmv0/wfbmv1 made for the run;
+# then writes docs/benchmarks.md. Everything it creates is named wfbench-*
+# (networks, containers) or wfbmv* (the veth) and removed on exit, also on
+# failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +17,8 @@ plugin=weft:latest
 img=weft-test/busybox
 out=docs/benchmarks.md
 declare -A net=([builtin]=wfbench-builtin [weft]=wfbench-weft)
+declare -A mvnet=([builtin]=wfbench-mv-builtin [weft]=wfbench-mv-weft)
+mvparent=wfbmv0 mvpeer=wfbmv1 # interface names: at most 15 characters
 memnet=wfbench-weftmem
 thr_reps=3 rtt_reps=3 run_reps=10 par_reps=2 par_n=50 mem_eps=500
 e2e_pidfile=/run/weft-e2e/dockerd.pid
@@ -55,7 +62,9 @@ cleanup() {
   c=$(docker ps -a --format '{{.Names}}' 2>/dev/null | grep '^wfbench-')
   # shellcheck disable=SC2086
   [ -n "$c" ] && docker rm -f $c >/dev/null
-  for f in "${net[@]}" "$memnet"; do docker network rm "$f" >/dev/null 2>&1; done
+  for f in "${net[@]}" "${mvnet[@]}" "$memnet"; do docker network rm "$f" >/dev/null 2>&1; done
+  ip link del "$mvparent" 2>/dev/null # takes its peer with it
+  ip link del "$mvpeer" 2>/dev/null
   rm -rf "$tmp"
   [ "$started_dockerd" = 1 ] && scripts/e2e-env.sh down
   exit "$rc"
@@ -79,7 +88,9 @@ make -s install
 c=$(docker ps -a --format '{{.Names}}' | grep '^wfbench-' || true)
 # shellcheck disable=SC2086
 [ -z "$c" ] || docker rm -f $c >/dev/null
-for n in "${net[@]}" "$memnet"; do docker network rm "$n" >/dev/null 2>&1 || true; done
+for n in "${net[@]}" "${mvnet[@]}" "$memnet"; do docker network rm "$n" >/dev/null 2>&1 || true; done
+ip link del "$mvparent" 2>/dev/null || true
+ip link del "$mvpeer" 2>/dev/null || true
 
 # 2. Networks ------------------------------------------------------------------
 say "creating ${net[builtin]} (bridge) and ${net[weft]} (weft)"
@@ -127,61 +138,81 @@ rss_after=$(rss)
 docker network rm "$memnet" >/dev/null
 
 # 3a/b. Throughput and RTT -----------------------------------------------------
-declare -A spid cpid_ ip
-for k in builtin weft; do
-  docker run -d --name "wfbench-$k-srv" --network "${net[$k]}" "$img" sleep 3600 >/dev/null
-  docker run -d --name "wfbench-$k-cli" --network "${net[$k]}" "$img" sleep 3600 >/dev/null
-  spid[$k]=$(cpid "wfbench-$k-srv")
-  cpid_[$k]=$(cpid "wfbench-$k-cli")
-  ip[$k]=$(cip "wfbench-$k-srv")
-  nsenter -t "${spid[$k]}" -n iperf3 -s -D -I "$tmp/iperf3-$k.pid"
-done
-for k in builtin weft; do # untimed warm-up; also waits for the iperf3 server
-  for _ in $(seq 20); do
-    nsenter -t "${cpid_[$k]}" -n iperf3 -c "${ip[$k]}" -t 1 >/dev/null 2>&1 && break
-    sleep 0.5
+# link_bench NETS P LABEL [CHECK]: two containers on each of the networks
+# NETS[builtin] and NETS[weft] (NETS names an associative array); records the
+# metrics "${P}thr" and "${P}rtt". Containers are named
+# wfbench-${P}<driver>-srv/-cli. CHECK NETWORK PID... vets the containers.
+link_bench() {
+  local -n nets=$1
+  local p=$2 label=$3 check=${4:-} k r bps v o
+  local -A spid cpid_ ip
+  for k in builtin weft; do
+    docker run -d --name "wfbench-$p$k-srv" --network "${nets[$k]}" "$img" sleep 3600 >/dev/null
+    docker run -d --name "wfbench-$p$k-cli" --network "${nets[$k]}" "$img" sleep 3600 >/dev/null
+    spid[$k]=$(cpid "wfbench-$p$k-srv")
+    cpid_[$k]=$(cpid "wfbench-$p$k-cli")
+    ip[$k]=$(cip "wfbench-$p$k-srv")
+    [ -z "$check" ] || "$check" "${nets[$k]}" "${spid[$k]}" "${cpid_[$k]}"
+    nsenter -t "${spid[$k]}" -n iperf3 -s -D -I "$tmp/iperf3-$p$k.pid"
   done
-  nsenter -t "${cpid_[$k]}" -n ping -c 3 -i 0.2 -q "${ip[$k]}" >/dev/null || die "ping on ${net[$k]} failed"
-done
+  for k in builtin weft; do # untimed warm-up; also waits for the iperf3 server
+    for _ in $(seq 20); do
+      nsenter -t "${cpid_[$k]}" -n iperf3 -c "${ip[$k]}" -t 1 >/dev/null 2>&1 && break
+      sleep 0.5
+    done
+    nsenter -t "${cpid_[$k]}" -n ping -c 3 -i 0.2 -q "${ip[$k]}" >/dev/null || die "ping on ${nets[$k]} failed"
+  done
 
-say "TCP throughput: iperf3 -t 5, $thr_reps repetitions"
-for r in $(seq "$thr_reps"); do
-  for k in $(order "$r"); do
-    bps=$(nsenter -t "${cpid_[$k]}" -n iperf3 -c "${ip[$k]}" -t 5 -J |
-      awk '/"sum_received"/ { f = 1 } f && /"bits_per_second"/ { gsub(/[^0-9.e+]/, "", $2); print $2; exit }')
-    [ -n "$bps" ] || die "iperf3 on ${net[$k]} gave no result"
-    v=$(awk -v b="$bps" 'BEGIN { printf "%.2f", b / 1e9 }')
-    add thr "$k" "$v"
-    echo "  rep $r $k: $v Gbit/s"
+  say "TCP throughput ($label): iperf3 -t 5, $thr_reps repetitions"
+  for r in $(seq "$thr_reps"); do
+    for k in $(order "$r"); do
+      bps=$(nsenter -t "${cpid_[$k]}" -n iperf3 -c "${ip[$k]}" -t 5 -J |
+        awk '/"sum_received"/ { f = 1 } f && /"bits_per_second"/ { gsub(/[^0-9.e+]/, "", $2); print $2; exit }')
+      [ -n "$bps" ] || die "iperf3 on ${nets[$k]} gave no result"
+      v=$(awk -v b="$bps" 'BEGIN { printf "%.2f", b / 1e9 }')
+      add "${p}thr" "$k" "$v"
+      echo "  rep $r $k: $v Gbit/s"
+    done
   done
-done
 
-say "ping RTT: 200 pings at 5 ms, $rtt_reps repetitions"
-for r in $(seq "$rtt_reps"); do
-  for k in $(order "$r"); do
-    o=$(nsenter -t "${cpid_[$k]}" -n ping -c 200 -i 0.005 -q "${ip[$k]}")
-    grep -q ' 0% packet loss' <<<"$o" || echo "  warning: packet loss on ${net[$k]}: $(grep 'packet loss' <<<"$o")"
-    v=$(awk -F/ '/^rtt/ { printf "%.1f", $5 * 1000 }' <<<"$o")
-    [ -n "$v" ] || die "no RTT from ping on ${net[$k]}"
-    add rtt "$k" "$v"
-    echo "  rep $r $k: $v us"
+  say "ping RTT ($label): 200 pings at 5 ms, $rtt_reps repetitions"
+  for r in $(seq "$rtt_reps"); do
+    for k in $(order "$r"); do
+      o=$(nsenter -t "${cpid_[$k]}" -n ping -c 200 -i 0.005 -q "${ip[$k]}")
+      grep -q ' 0% packet loss' <<<"$o" || echo "  warning: packet loss on ${nets[$k]}: $(grep 'packet loss' <<<"$o")"
+      v=$(awk -F/ '/^rtt/ { printf "%.1f", $5 * 1000 }' <<<"$o")
+      [ -n "$v" ] || die "no RTT from ping on ${nets[$k]}"
+      add "${p}rtt" "$k" "$v"
+      echo "  rep $r $k: $v us"
+    done
   done
-done
-for f in "$tmp"/iperf3-*.pid; do kill "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; done
-docker rm -f wfbench-builtin-srv wfbench-builtin-cli wfbench-weft-srv wfbench-weft-cli >/dev/null
+  for k in builtin weft; do
+    kill "$(cat "$tmp/iperf3-$p$k.pid")" 2>/dev/null || true
+    rm -f "$tmp/iperf3-$p$k.pid"
+  done
+  docker rm -f "wfbench-${p}builtin-srv" "wfbench-${p}builtin-cli" "wfbench-${p}weft-srv" "wfbench-${p}weft-cli" >/dev/null
+}
 
 # 3c. docker run --rm ... true ------------------------------------------------------
-say "docker run --rm true: $run_reps repetitions"
-for k in builtin weft; do docker run --rm --name "wfbench-run-$k" --network "${net[$k]}" "$img" true; done # warm-up
-for r in $(seq "$run_reps"); do
-  for k in $(order "$r"); do
-    s=$(now)
-    docker run --rm --name "wfbench-run-$k" --network "${net[$k]}" "$img" true
-    v=$(since "$s")
-    add run "$k" "$v"
-    echo "  rep $r $k: $v s"
+# run_bench NETS P LABEL: records the metric "${P}run".
+run_bench() {
+  local -n nets=$1
+  local p=$2 label=$3 k r s v
+  say "docker run --rm true ($label): $run_reps repetitions"
+  for k in builtin weft; do docker run --rm --name "wfbench-${p}run-$k" --network "${nets[$k]}" "$img" true; done # warm-up
+  for r in $(seq "$run_reps"); do
+    for k in $(order "$r"); do
+      s=$(now)
+      docker run --rm --name "wfbench-${p}run-$k" --network "${nets[$k]}" "$img" true
+      v=$(since "$s")
+      add "${p}run" "$k" "$v"
+      echo "  rep $r $k: $v s"
+    done
   done
-done
+}
+
+link_bench net "" bridge
+run_bench net "" bridge
 
 # 3d. 50 containers started in parallel ---------------------------------------------
 say "$par_n parallel docker run -d: $par_reps repetitions"
@@ -206,9 +237,34 @@ for r in $(seq "$par_reps"); do
   done
 done
 
-# 4. docs/benchmarks.md ---------------------------------------------------------
+# 4. macvlan on a veth parent ---------------------------------------------------
+# Both drivers' networks hang on the same parent, the host end of a veth pair
+# made here; its peer stays in the host namespace and only has to be up (a
+# parent without carrier would leave the macvlans without carrier too).
+# Unicast between containers on one macvlan network (bridge mode) is switched
+# inside the macvlan layer and never crosses the veth.
+say "creating veth $mvparent/$mvpeer, ${mvnet[builtin]} (macvlan) and ${mvnet[weft]} (weft macvlan) on $mvparent"
+ip link add "$mvparent" type veth peer name "$mvpeer"
+ip link set "$mvpeer" up
+ip link set "$mvparent" up
+docker network create -d macvlan -o parent="$mvparent" --subnet 10.213.0.0/24 "${mvnet[builtin]}" >/dev/null
+docker network create -d "$plugin" -o type=macvlan -o parent="$mvparent" --ipam-driver "$plugin" --subnet 10.214.0.0/24 "${mvnet[weft]}" >/dev/null
+mvparent_idx=$(cat "/sys/class/net/$mvparent/ifindex")
+mv_check() { # mv_check NETWORK PID...: each container's eth0 is a bridge-mode macvlan on $mvparent
+  local n=$1 pid l
+  shift
+  for pid in "$@"; do
+    l=$(nsenter -t "$pid" -n ip -d -o link show eth0)
+    grep -q "eth0@if$mvparent_idx:" <<<"$l" || die "on $n, eth0 is not on $mvparent (ifindex $mvparent_idx): $l"
+    grep -q 'macvlan mode bridge' <<<"$l" || die "on $n, eth0 is not a bridge-mode macvlan: $l"
+  done
+}
+link_bench mvnet mv- macvlan mv_check
+run_bench mvnet mv- macvlan
+
+# 5. docs/benchmarks.md ---------------------------------------------------------
 declare -A med
-for m in thr rtt run par; do
+for m in thr rtt run par mv-thr mv-rtt mv-run; do
   for k in builtin weft; do
     # shellcheck disable=SC2086
     med[$m:$k]=$(median ${raw[$m:$k]})
@@ -227,17 +283,19 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 took=$(($(date +%s) - t_start))
 mkdir -p docs
 {
-  echo "# Benchmarks: weft bridge vs Docker's built-in bridge"
+  echo "# Benchmarks: weft vs Docker's built-in bridge and macvlan"
   echo
   # shellcheck disable=SC2016
   echo 'Run `make bench` (root; it prepares the machine like `make demo`, reinstalls'
-  echo 'weft:latest, measures both drivers side by side, rewrites this file and removes'
-  echo 'everything it created). It takes a few minutes.'
+  echo 'weft:latest, measures weft and the built-in driver side by side for each network'
+  echo 'type, rewrites this file and removes everything it created). It takes a few minutes.'
   echo
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "- commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo ' (work tree had uncommitted changes)')"
   echo "- machine: $(nproc) CPUs, kernel $(uname -r), Docker Engine $(docker version -f '{{.Server.Version}}'), $(iperf3 --version | head -1 | awk '{ print $1, $2 }')"
   echo "- the run took ${took} s"
+  echo
+  echo "## bridge"
   echo
   echo '| metric | Docker built-in bridge | weft bridge | ratio (weft/built-in) | target | met? |'
   echo '|---|---|---|---|---|---|'
@@ -253,6 +311,19 @@ mkdir -p docs
   echo "- $mem_eps endpoints (NetworkDriver.CreateEndpoint on the plugin socket; each one a real veth pair and a stored record): $(mib "$rss500") MiB, $(awk -v a="$rss0" -v b="$rss500" -v n="$mem_eps" 'BEGIN { printf "%.1f", (b - a) / n }') KiB per endpoint"
   echo "- after deleting them again: $(mib "$rss_after") MiB"
   echo
+  echo "## macvlan on a veth parent"
+  echo
+  echo "Both networks in bridge mode on one parent, \`$mvparent\`: the host end of a veth pair the"
+  echo "run creates (its peer \`$mvpeer\` stays in the host namespace, up, with no address)."
+  echo "Built-in: \`docker network create -d macvlan -o parent=$mvparent --subnet 10.213.0.0/24\`;"
+  echo "weft: \`docker network create -d $plugin -o type=macvlan -o parent=$mvparent --ipam-driver $plugin --subnet 10.214.0.0/24\`."
+  echo
+  echo '| metric | Docker built-in macvlan | weft macvlan | ratio (weft/built-in) | target | met? |'
+  echo '|---|---|---|---|---|---|'
+  row mv-thr "TCP throughput container to container, higher is better (iperf3 5 s, median of $thr_reps)" Gbit/s ge
+  row mv-rtt "ping RTT avg container to container (200 pings at 5 ms, median of $rtt_reps)" us le
+  row mv-run "\`docker run --rm --network N weft-test/busybox true\` wall time (median of $run_reps)" s le
+  echo
   echo "## Notes"
   echo
   echo "- All figures come from one run on one machine and are noisy; absolute values drift"
@@ -261,10 +332,15 @@ mkdir -p docs
   echo "  alternates between repetitions)."
   echo "- Each network got one untimed warm-up first (iperf3 1 s, 3 pings, one \`docker run\`)."
   echo "  iperf3 and ping are the host's binaries run in the containers' network namespaces."
+  echo "- macvlan: unicast between the two containers of a network is switched inside the macvlan"
+  echo "  layer (bridge mode) and never crosses the veth; only broadcasts and multicasts (ARP, IPv6"
+  echo "  DAD) also reach the peer. Before measuring, the run checks that every container's eth0 is"
+  echo "  a bridge-mode macvlan on \`$mvparent\`."
   echo "- Creating the $mem_eps endpoints took ${mem_create_s} s and deleting them ${mem_delete_s} s"
   echo "  (one curl call each, so this includes curl's start-up)."
   echo "- Raw values per repetition, built-in / weft:"
-  for m in thr:Gbit/s:throughput rtt:us:"ping RTT" run:s:"docker run" par:s:"$par_n parallel"; do
+  for m in thr:Gbit/s:throughput rtt:us:"ping RTT" run:s:"docker run" par:s:"$par_n parallel" \
+    mv-thr:Gbit/s:"macvlan throughput" mv-rtt:us:"macvlan ping RTT" mv-run:s:"macvlan docker run"; do
     IFS=: read -r key unit label <<<"$m"
     echo "  - $label ($unit): ${raw[$key:builtin]} / ${raw[$key:weft]}"
   done
