@@ -481,7 +481,12 @@ func endpointOptions(opts map[string]interface{}) (map[string]string, error) {
 func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
 	d.wait()
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	locked := true
+	defer func() {
+		if locked {
+			d.mu.Unlock()
+		}
+	}()
 	n, ok := d.nets[req.NetworkID]
 	if !ok {
 		return nil, fmt.Errorf("weft has no network %.12s (was it created with another driver?)", req.NetworkID)
@@ -526,11 +531,21 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 		// The type may have changed it (ipvlan uses the parent's).
 		resp.Interface = &network.EndpointInterface{MacAddress: ep.MAC}
 	}
-	if err := d.saveEndpoint(ep); err != nil {
+	// Reserve the endpoint in memory, then commit without holding the
+	// lock: many containers starting at once share fsyncs instead of
+	// queueing behind each other. Docker never calls for an endpoint before
+	// CreateEndpoint has answered, and answers only after the commit.
+	d.eps[ep.ID] = ep
+	snap := *ep
+	d.mu.Unlock()
+	locked = false
+	if err := d.saveEndpoint(&snap); err != nil {
+		d.mu.Lock()
+		delete(d.eps, ep.ID)
 		_ = t.DeleteEndpoint(n, ep)
+		d.mu.Unlock()
 		return nil, err
 	}
-	d.eps[ep.ID] = ep
 	logrus.WithFields(logrus.Fields{"network": short(n.ID), "endpoint": short(ep.ID), "address": ep.Addr4, "mac": ep.MAC}).Info("endpoint created")
 	return resp, nil
 }
@@ -594,7 +609,12 @@ func (d *Driver) EndpointInfo(req *network.InfoRequest) (*EndpointOperInfo, erro
 func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 	d.wait()
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	locked := true
+	defer func() {
+		if locked {
+			d.mu.Unlock()
+		}
+	}()
 	ep, ok := d.eps[req.EndpointID]
 	if !ok {
 		return nil, fmt.Errorf("weft has no endpoint %.12s", req.EndpointID)
@@ -611,11 +631,16 @@ func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 	if err != nil {
 		return nil, err
 	}
-	prev := *ep
+	prevJoined, prevSandbox := ep.Joined, ep.Sandbox
 	ep.Joined, ep.Sandbox = true, req.SandboxKey
-	if err := d.saveEndpoint(ep); err != nil {
-		*ep = prev
+	snap := *ep
+	d.mu.Unlock() // commit outside the lock, as in CreateEndpoint
+	locked = false
+	if err := d.saveEndpoint(&snap); err != nil {
+		d.mu.Lock()
+		ep.Joined, ep.Sandbox = prevJoined, prevSandbox
 		_ = t.Leave(n, ep)
+		d.mu.Unlock()
 		return nil, err
 	}
 	logrus.WithFields(logrus.Fields{"network": short(n.ID), "endpoint": short(ep.ID), "sandbox": req.SandboxKey}).Debug("joined")

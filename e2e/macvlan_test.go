@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 )
@@ -228,4 +229,35 @@ func linkKindWorks(l netlink.Link) bool {
 	}
 	_ = netlink.LinkDel(l)
 	return true
+}
+
+func TestMacvlanIPv6AndInternalFlag(t *testing.T) {
+	l := newLAN(t, 42)
+	// Dual stack on the LAN: containers reach each other over IPv6.
+	n := ipamNetwork(t, "-o", "type=macvlan", "-o", "parent="+l.parent, "--ipv6",
+		"--subnet", l.subnet, "--gateway", l.routerIP, "--subnet", "fd00:42::/64")
+	a, b := sleeper(t, "--network", n), sleeper(t, "--network", n)
+	b6 := ip6Of(t, b, n)
+	if b6 == "" {
+		t.Fatal("no IPv6 address on the macvlan network")
+	}
+	eventually(t, 10*time.Second, "ping6 over macvlan", func() error {
+		if out, err := execIn(a, "ping", "-6", "-c", "1", "-W", "2", b6); err != nil {
+			return fmt.Errorf("%v %s", err, out)
+		}
+		return nil
+	})
+	// Docker's --internal on a macvlan network with a parent: no default route, no gateway bridge.
+	l2 := newLAN(t, 43)
+	in := ipamNetwork(t, "--internal", "-o", "type=macvlan", "-o", "parent="+l2.parent, "--subnet", l2.subnet)
+	c := sleeper(t, "--network", in)
+	if r := mustDocker(t, "exec", c, "ip", "route"); strings.Contains(r, "default") {
+		t.Fatalf("--internal macvlan network gave a default route: %s", r)
+	}
+	if n := mustDocker(t, "inspect", "-f", "{{len .NetworkSettings.Networks}}", c); n != "1" {
+		t.Fatalf("container on an --internal macvlan network joined %s networks (docker_gwbridge added?)", n)
+	}
+	if !canPing(c, l2.routerIP) {
+		t.Fatal("an --internal macvlan network lost its own LAN segment (--internal only removes the way out: the gateway)")
+	}
 }

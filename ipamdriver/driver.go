@@ -434,7 +434,12 @@ func (d *Driver) RequestAddress(req *ipam.RequestAddressRequest) (*ipam.RequestA
 	}
 
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	locked := true
+	defer func() {
+		if locked {
+			d.mu.Unlock()
+		}
+	}()
 	p, ok := d.pools[req.PoolID]
 	if !ok {
 		return nil, fmt.Errorf("unknown address pool %q: weft has no record of it (was weft's state reset? recreate the network)", req.PoolID)
@@ -471,21 +476,34 @@ func (d *Driver) RequestAddress(req *ipam.RequestAddressRequest) (*ipam.RequestA
 	if kind == kindAuto {
 		rec.Cursor = a.String()
 	}
+	// Reserve in memory, then commit without holding the lock so that
+	// concurrent requests share fsyncs; undo the reservation if the commit
+	// fails. The reply goes out only after the commit.
+	prevRec, prevCursor := p.rec, p.cursor
+	changedRec := rec != p.rec
+	p.addrs[a] = kind
+	if kind == kindAuto {
+		p.rec, p.cursor = rec, a
+	}
+	d.mu.Unlock()
+	locked = false
 	err := d.st.Update(func(tx *store.Tx) error {
 		if err := tx.Put(bucketAddrs, p.addrKey(a), addrRecord{Kind: kind}); err != nil {
 			return err
 		}
-		if rec != p.rec {
+		if changedRec {
 			return tx.Put(bucketPools, p.id, rec)
 		}
 		return nil
 	})
 	if err != nil {
+		d.mu.Lock()
+		delete(p.addrs, a)
+		if kind == kindAuto && p.cursor == a {
+			p.rec, p.cursor = prevRec, prevCursor
+		}
+		d.mu.Unlock()
 		return nil, fmt.Errorf("cannot save address %s in weft's state store: %w", a, err)
-	}
-	p.addrs[a] = kind
-	if kind == kindAuto {
-		p.rec, p.cursor = rec, a
 	}
 	p.log().WithFields(logrus.Fields{"address": a.String(), "kind": kind}).Debug("ipam: address allocated")
 	return &ipam.RequestAddressResponse{

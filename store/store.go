@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -20,6 +21,18 @@ import (
 type Store struct {
 	db   *bolt.DB
 	path string
+
+	// Group commit: Update calls that arrive while a commit is running are
+	// committed together in the next transaction, so many containers
+	// starting at once share fsyncs instead of queueing for one each.
+	mu      sync.Mutex
+	pending []*call
+	running bool
+}
+
+type call struct {
+	fn   func(*Tx) error
+	done chan error
 }
 
 // Tx is one read or read-write transaction.
@@ -48,9 +61,62 @@ func (s *Store) Path() string { return s.path }
 func (s *Store) Close() error { return s.db.Close() }
 
 // Update runs fn in a read-write transaction that is committed (fsynced)
-// before Update returns, or rolled back if fn fails.
+// before Update returns, or rolled back if fn fails. Concurrent calls may
+// share one transaction; fn may then run twice (once in the shared
+// transaction, once alone if another call's fn failed), so it must only
+// write values computed beforehand.
 func (s *Store) Update(fn func(*Tx) error) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx: tx}) })
+	c := &call{fn: fn, done: make(chan error, 1)}
+	s.mu.Lock()
+	s.pending = append(s.pending, c)
+	leader := !s.running
+	s.running = true
+	s.mu.Unlock()
+	if leader {
+		s.commitPending()
+	}
+	return <-c.done
+}
+
+// commitPending commits queued calls in groups until none are left.
+func (s *Store) commitPending() {
+	for {
+		s.mu.Lock()
+		group := s.pending
+		s.pending = nil
+		if len(group) == 0 {
+			s.running = false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+		if len(group) == 1 {
+			group[0].done <- s.single(group[0])
+			continue
+		}
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			for _, c := range group {
+				if err := c.fn(&Tx{tx: tx}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err == nil {
+			for _, c := range group {
+				c.done <- nil
+			}
+			continue
+		}
+		// One of them failed: commit each alone so only that one fails.
+		for _, c := range group {
+			c.done <- s.single(c)
+		}
+	}
+}
+
+func (s *Store) single(c *call) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return c.fn(&Tx{tx: tx}) })
 }
 
 // View runs fn in a read-only transaction.

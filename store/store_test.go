@@ -2,7 +2,9 @@ package store
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
+	"sync"
 	"testing"
 )
 
@@ -59,6 +61,55 @@ func TestPutGetForEachDelete(t *testing.T) {
 		_ = tx.ForEach("b", "", func(k string, _ []byte) error { keys = append(keys, k); return nil })
 		if len(keys) != 1 || keys[0] != "n2/a" {
 			t.Errorf("keys after DeletePrefix = %v", keys)
+		}
+		return nil
+	})
+}
+
+// TestConcurrentUpdatesGroupAndIsolateFailures: many concurrent updates all
+// land; one failing call fails alone and leaves nothing.
+func TestConcurrentUpdatesGroupAndIsolateFailures(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "s.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const n = 200
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			errs <- s.Update(func(tx *Tx) error {
+				if err := tx.Put("b", fmt.Sprintf("k%03d", i), i); err != nil {
+					return err
+				}
+				if i == 77 {
+					return errors.New("boom")
+				}
+				return nil
+			})
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	failed := 0
+	for err := range errs {
+		if err != nil {
+			failed++
+		}
+	}
+	if failed != 1 {
+		t.Fatalf("%d updates failed, want exactly 1", failed)
+	}
+	_ = s.View(func(tx *Tx) error {
+		if c := tx.Count("b", ""); c != n-1 {
+			t.Errorf("%d records, want %d", c, n-1)
+		}
+		var v int
+		if ok, _ := tx.Get("b", "k077", &v); ok {
+			t.Error("the failed update's record was committed")
 		}
 		return nil
 	})
