@@ -20,6 +20,7 @@ import (
 	"github.com/weft-net/weft/firewall"
 	"github.com/weft-net/weft/netutil"
 	"github.com/weft-net/weft/store"
+	"github.com/weft-net/weft/tuning"
 )
 
 // Store buckets.
@@ -115,6 +116,18 @@ func (d *Driver) Reconcile() error {
 		}
 		if err := t.Reconcile(n, d.endpointsOf(n.ID)); err != nil {
 			errs = append(errs, fmt.Errorf("reconcile network %.12s: %w", n.ID, err))
+		}
+		for _, ep := range d.endpointsOf(n.ID) {
+			ts, err := tuning.Parse(n.Options, ep.Options)
+			if err != nil || !ts.Shaped() || !ep.Joined || !linkExists(ep.HostIf) {
+				continue
+			}
+			// Rate limits live on host-side devices: put back what is missing.
+			if err := tuning.Apply(tuning.Link{Host: ep.HostIf, IFB: "wfi" + short(ep.ID),
+				Alias: api.AliasPrefix + d.scope + ":" + ep.NetworkID + ":" + ep.ID, Cont: ep.HostIf},
+				tuning.Settings{TxQueueLen: -1, RateEgress: ts.RateEgress, RateIngress: ts.RateIngress, Burst: ts.Burst, Latency: ts.Latency}); err != nil {
+				errs = append(errs, fmt.Errorf("reconcile tuning of endpoint %.12s: %w", ep.ID, err))
+			}
 		}
 	}
 	for _, ep := range d.eps {
@@ -346,8 +359,13 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 		}
 		return fmt.Errorf("%s; this weft supports: %s", msg, strings.Join(names, ", "))
 	}
-	if err := api.CheckKeys("option", opts, append([]string{optType}, t.Options()...)); err != nil {
+	if err := api.CheckKeys("option", opts, append(append([]string{optType}, t.Options()...), tuning.NetworkKeys()...)); err != nil {
 		return err
+	}
+	if ts, err := tuning.Parse(opts, nil); err != nil {
+		return err
+	} else if ts.Shaped() && !hostShaping(t) {
+		return fmt.Errorf("type=%s: %w", typ, tuning.ErrNoHostSide)
 	}
 	n := &api.Network{ID: req.NetworkID, Type: typ, Options: opts,
 		IPv6: boolOpt(req.Options, optEnableIPv6), Internal: boolOpt(req.Options, optInternal)}
@@ -498,7 +516,11 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 	if err != nil {
 		return nil, err
 	}
-	if err := api.CheckKeys("endpoint option (--driver-opt)", eopts, nil); err != nil {
+	if err := api.CheckKeys("endpoint option (--driver-opt)", eopts, tuning.EndpointKeys()); err != nil {
+		return nil, err
+	}
+	ts, err := tuning.Parse(n.Options, eopts)
+	if err != nil {
 		return nil, err
 	}
 	ep := &api.Endpoint{ID: req.EndpointID, NetworkID: n.ID, Options: eopts}
@@ -523,6 +545,9 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 	t, err := d.typeOf(n)
 	if err != nil {
 		return nil, err
+	}
+	if ts.Shaped() && !hostShaping(t) {
+		return nil, fmt.Errorf("type=%s: %w", n.Type, tuning.ErrNoHostSide)
 	}
 	if err := t.CreateEndpoint(n, ep); err != nil {
 		return nil, err
@@ -567,6 +592,7 @@ func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 	hadPorts := len(ep.Ports) > 0
 	d.ports.release(ep.ID)
 	delete(d.eps, ep.ID)
+	_ = tuning.Remove(d.tuningLink(ep))
 	if n := d.nets[ep.NetworkID]; n != nil {
 		if t, err := d.typeOf(n); err == nil {
 			if err := t.DeleteEndpoint(n, ep); err != nil {
@@ -599,6 +625,11 @@ func (d *Driver) EndpointInfo(req *network.InfoRequest) (*EndpointOperInfo, erro
 		return nil, fmt.Errorf("weft has no endpoint %.12s", req.EndpointID)
 	}
 	v := map[string]interface{}{"weft.host_interface": ep.HostIf}
+	if n := d.nets[ep.NetworkID]; n != nil {
+		if ts, err := tuning.Parse(n.Options, ep.Options); err == nil && ts.String() != "" {
+			v["weft.tuning"] = ts.String()
+		}
+	}
 	if len(ep.Ports) > 0 {
 		v[optPortMap] = ep.Ports
 	}
@@ -631,6 +662,19 @@ func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Tuning goes on now, while the container's interface is still in the
+	// host namespace (Docker moves it after Join answers).
+	ts, err := tuning.Parse(n.Options, ep.Options)
+	if err == nil {
+		err = tuning.Apply(d.tuningLink(ep), ts)
+	}
+	if err != nil {
+		_ = t.Leave(n, ep)
+		return nil, err
+	}
+	if s := ts.String(); s != "" {
+		logrus.WithFields(logrus.Fields{"network": short(n.ID), "endpoint": short(ep.ID), "tuning": s}).Info("tuning applied")
+	}
 	prevJoined, prevSandbox := ep.Joined, ep.Sandbox
 	ep.Joined, ep.Sandbox = true, req.SandboxKey
 	snap := *ep
@@ -639,6 +683,7 @@ func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 	if err := d.saveEndpoint(&snap); err != nil {
 		d.mu.Lock()
 		ep.Joined, ep.Sandbox = prevJoined, prevSandbox
+		_ = tuning.Remove(d.tuningLink(ep))
 		_ = t.Leave(n, ep)
 		d.mu.Unlock()
 		return nil, err
@@ -669,6 +714,9 @@ func (d *Driver) Leave(req *network.LeaveRequest) error {
 	if !ok {
 		return nil
 	}
+	if err := tuning.Remove(d.tuningLink(ep)); err != nil {
+		logrus.WithField("endpoint", short(ep.ID)).WithError(err).Warn("removing the endpoint's tuning failed")
+	}
 	if n := d.nets[ep.NetworkID]; n != nil {
 		if t, err := d.typeOf(n); err == nil {
 			if err := t.Leave(n, ep); err != nil {
@@ -686,3 +734,22 @@ func (d *Driver) Leave(req *network.LeaveRequest) error {
 }
 
 func short(id string) string { return id[:min(12, len(id))] }
+
+func linkExists(name string) bool {
+	if name == "" {
+		return false
+	}
+	_, err := netlink.LinkByName(name)
+	return err == nil
+}
+
+func hostShaping(t api.NetworkType) bool {
+	hs, ok := t.(api.HostShaper)
+	return ok && hs.HostSideShaping()
+}
+
+// tuningLink names the interfaces tuning works on for an endpoint.
+func (d *Driver) tuningLink(ep *api.Endpoint) tuning.Link {
+	return tuning.Link{Host: ep.HostIf, Cont: ep.ContIf, IFB: "wfi" + short(ep.ID),
+		Alias: api.AliasPrefix + d.scope + ":" + ep.NetworkID + ":" + ep.ID}
+}

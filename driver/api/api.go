@@ -94,6 +94,12 @@ type NetworkType interface {
 	Firewall(n *Network, eps []*Endpoint) *firewall.Network
 }
 
+// HostShaper is implemented by types whose endpoints have a host-side
+// device, where tc rate limits are applied.
+type HostShaper interface {
+	HostSideShaping() bool
+}
+
 // AliasPrefix starts the alias weft sets on every link it creates, so that
 // leftovers are recognisable even with user-chosen names.
 const AliasPrefix = "weft:"

@@ -58,6 +58,9 @@ func (t *Type) Options() []string {
 	return []string{OptName, OptICC, OptMasquerade, OptHostBinding, OptMTU, OptMTUShort, OptIfPrefix}
 }
 
+// HostSideShaping implements api.HostShaper: rate limits go on the host veth.
+func (t *Type) HostSideShaping() bool { return true }
+
 // BridgeName is the bridge of a validated network.
 func BridgeName(n *api.Network) string { return n.State[stBridge] }
 

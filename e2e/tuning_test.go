@@ -1,0 +1,167 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	osexec "os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/weft-net/weft/tuning"
+)
+
+// iperf measures TCP throughput from the client container to the server
+// container (reverse: server to client) with the host's iperf3 run in the
+// containers' namespaces, in bits per second.
+func iperf(t *testing.T, client, server, serverIP string, reverse bool, secs int) float64 {
+	t.Helper()
+	sh(t, fmt.Sprintf("nsenter -t %s -n iperf3 -s -1 -D -p 5299", pidOf(t, server)))
+	time.Sleep(300 * time.Millisecond)
+	args := fmt.Sprintf("nsenter -t %s -n iperf3 -c %s -p 5299 -t %d -J", pidOf(t, client), serverIP, secs)
+	if reverse {
+		args += " -R"
+	}
+	out := sh(t, args)
+	var r struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil || r.End.SumReceived.BitsPerSecond == 0 {
+		t.Fatalf("iperf3 output: %v\n%s", err, out)
+	}
+	return r.End.SumReceived.BitsPerSecond
+}
+
+func epIDOf(t *testing.T, c, net string) string {
+	return mustDocker(t, "inspect", "-f", fmt.Sprintf(`{{(index .NetworkSettings.Networks %q).EndpointID}}`, net), c)
+}
+
+func tuningLinkOf(t *testing.T, c, net string) tuning.Link {
+	id := epIDOf(t, c, net)
+	return tuning.Link{Host: "wfh" + id[:12], IFB: "wfi" + id[:12]}
+}
+
+func TestRateLimitAccuracy(t *testing.T) {
+	if _, err := osexec.LookPath("iperf3"); err != nil {
+		t.Fatal("iperf3 missing (scripts/e2e-env.sh installs it)")
+	}
+	n := ipamNetwork(t)
+	server := sleeper(t, "--network", n)
+	other := sleeper(t, "--network", n)
+	sip := ipOf(t, server, n)
+	for _, mbit := range []int{10, 100, 1000} {
+		t.Run(fmt.Sprintf("%dmbit", mbit), func(t *testing.T) {
+			c := sleeper(t)
+			rate := fmt.Sprintf("%dmbit", mbit)
+			mustDocker(t, "network", "connect", "--driver-opt", "rate.egress="+rate, "--driver-opt", "rate.ingress="+rate, n, c)
+			want := float64(mbit) * 1e6
+			for _, dir := range []struct {
+				name    string
+				reverse bool
+			}{{"egress (leaving the container)", false}, {"ingress (entering the container)", true}} {
+				got := iperf(t, c, server, sip, dir.reverse, 4)
+				ratio := got / want
+				t.Logf("%s %s: asked %s, measured %.1f mbit/s (%.2f)", rate, dir.name, rate, got/1e6, ratio)
+				if ratio < 0.90 || ratio > 1.10 {
+					t.Errorf("%s %s: measured %.1f mbit/s, not within 10%% of %s", rate, dir.name, got/1e6, rate)
+				}
+			}
+			link := tuningLinkOf(t, c, n)
+			mustDocker(t, "network", "disconnect", n, c)
+			if _, err := netlink.LinkByName(link.IFB); err == nil {
+				t.Fatalf("IFB %s left after disconnect", link.IFB)
+			}
+		})
+	}
+	// An unshaped container on the same network is not limited.
+	if got := iperf(t, other, server, sip, false, 2); got < 2e9 {
+		t.Fatalf("an unshaped container got only %.0f mbit/s", got/1e6)
+	}
+}
+
+func TestTuningDefaultsOverridesAndBadInput(t *testing.T) {
+	n := ipamNetwork(t, "-o", "rate.egress=100mbit", "-o", "rate.ingress=50mbit", "-o", "txqueuelen=500")
+	a := sleeper(t, "--network", n)
+	in, out := tuning.Shaping(tuningLinkOf(t, a, n))
+	if in != 50e6 || out != 100e6 {
+		t.Fatalf("network defaults not applied: ingress %d egress %d", in, out)
+	}
+	if q := mustDocker(t, "exec", a, "cat", "/sys/class/net/eth0/tx_queue_len"); q != "500" {
+		t.Fatalf("txqueuelen %s, want 500", q)
+	}
+	// An endpoint option overrides the network's default; MTU per endpoint.
+	b := sleeper(t)
+	mustDocker(t, "network", "connect", "--driver-opt", "rate.egress=10mbit", "--driver-opt", "mtu=1400", n, b)
+	in, out = tuning.Shaping(tuningLinkOf(t, b, n))
+	if in != 50e6 || out != 10e6 {
+		t.Fatalf("override: ingress %d egress %d, want 50mbit and 10mbit", in, out)
+	}
+	if mtu := mustDocker(t, "exec", b, "cat", "/sys/class/net/eth1/mtu"); mtu != "1400" {
+		t.Fatalf("endpoint MTU %s", mtu)
+	}
+
+	linksBefore := weftLinks()
+	c := sleeper(t)
+	l := newLAN(t, 44)
+	mv := ipamNetwork(t, "-o", "type=macvlan", "-o", "parent="+l.parent, "--subnet", l.subnet)
+	bad := []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"network", "create", "-d", plugin, "-o", "rate.egress=fast"}, []string{`rate.egress="fast"`, "100mbit"}},
+		{[]string{"network", "create", "-d", plugin, "-o", "rate.ingress=0mbit"}, []string{"rate.ingress", "at least 8kbit"}},
+		{[]string{"network", "create", "-d", plugin, "-o", "rate.egress=-5mbit"}, []string{"rate.egress"}},
+		{[]string{"network", "create", "-d", plugin, "-o", "rate.egress=1mbit", "-o", "rate.burst=5gb"}, []string{"rate.burst", "4gb"}},
+		{[]string{"network", "create", "-d", plugin, "-o", "rate.burst=64kb"}, []string{"need rate.egress or rate.ingress"}},
+		{[]string{"network", "create", "-d", plugin, "-o", "type=macvlan", "-o", "parent=" + l.parent, "-o", "rate.egress=1mbit"}, []string{"type=macvlan", "bridge networks"}},
+		{[]string{"network", "create", "-d", plugin, "-o", "sysctl.kernel.panic=1"}, []string{`"sysctl.kernel.panic"`}},
+		{[]string{"network", "connect", "--driver-opt", "rate.latency=forever", "--driver-opt", "rate.egress=1mbit", n, c}, []string{"rate.latency"}},
+		{[]string{"network", "connect", "--driver-opt", "mtu=1600", n, c}, []string{"mtu=1600", "larger than the network's MTU 1500"}},
+		{[]string{"network", "connect", "--driver-opt", "mtu=60", n, c}, []string{"mtu", "68 to 65535"}},
+		{[]string{"network", "connect", "--driver-opt", "txqueuelen=lots", n, c}, []string{"txqueuelen"}},
+		{[]string{"network", "connect", "--driver-opt", "offload.tso=maybe", n, c}, []string{`"offload.tso"`}},
+		{[]string{"network", "connect", "--driver-opt", "rate.egress=1mbit", mv, c}, []string{"type=macvlan", "bridge networks"}},
+	}
+	for _, b := range bad {
+		args := b.args
+		name := ""
+		if args[1] == "create" {
+			name = uniq("bad")
+			args = append(args, name)
+		}
+		out, err := docker(args...)
+		if err == nil {
+			if name != "" {
+				_, _ = docker("network", "rm", name)
+			}
+			t.Errorf("accepted: docker %s", strings.Join(args, " "))
+			continue
+		}
+		for _, w := range b.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("docker %s: error does not mention %q:\n%s", strings.Join(args, " "), w, out)
+			}
+		}
+	}
+	if o := mustDocker(t, "exec", c, "ip", "-o", "link"); strings.Contains(o, "eth1") {
+		t.Fatalf("a rejected connect left an interface: %s", o)
+	}
+	after := weftLinks()
+	for _, l := range after {
+		if strings.HasPrefix(l, "wfi") {
+			found := false
+			for _, x := range linksBefore {
+				found = found || x == l
+			}
+			if !found {
+				t.Fatalf("a rejected request left IFB %s", l)
+			}
+		}
+	}
+}
