@@ -74,21 +74,16 @@ chmod +x "$root/init"
 
 echo "kernel-lab: booting $kver under qemu"
 log="$lab/console.log"
-boot() { # boot [qemu accel options...]
-  timeout 600 qemu-system-x86_64 "$@" -m 1024 -smp 2 -nographic -no-reboot \
+boot() { # the whole lab takes well under a minute; 300 s means it hangs
+  timeout 300 qemu-system-x86_64 -m 1024 -smp 2 -nographic -no-reboot \
     -kernel "$vmlinuz" -initrd "$lab/initramfs.gz" \
     -append "console=ttyS0 panic=-1 quiet loglevel=3" >"$log" 2>&1
 }
 set +e
-qrc=1
-# KVM where it works (nested virtualisation can refuse it), else emulation.
-if [ -w /dev/kvm ]; then
-  boot -enable-kvm; qrc=$?
-  grep -q '^KLAB: booted' "$log" || { echo "kernel-lab: KVM did not work here, using emulation"; qrc=1; }
-fi
-if ! grep -q '^KLAB: booted' "$log" 2>/dev/null; then
-  boot; qrc=$?
-fi
+# Plain emulation (TCG): KVM under nested virtualisation hangs or aborts on
+# these machines, and the lab is about correctness, not speed.
+boot
+qrc=$?
 set -e
 # The tests' own output, without the kernel's.
 grep -E '^(=== RUN|--- (PASS|FAIL|SKIP)|    |PASS|FAIL|ok|KLAB)' "$log" | grep -v '^=== RUN' || true
