@@ -51,7 +51,8 @@ type Driver struct {
 	mu    sync.Mutex
 	st    *store.Store
 	fw    Firewall
-	scope string
+	scope string // local or global: the capabilities Docker sees
+	label string // scope + store instance: the link labels this plugin owns
 	types map[string]api.NetworkType
 	nets  map[string]*api.Network
 	eps   map[string]*api.Endpoint // by endpoint ID
@@ -59,10 +60,11 @@ type Driver struct {
 	ready chan struct{}
 }
 
-// New loads the stored state. Call Reconcile (in the background) once the
-// socket is listening.
-func New(st *store.Store, fw Firewall, scope string, types ...api.NetworkType) (*Driver, error) {
-	d := &Driver{st: st, fw: fw, scope: scope, types: map[string]api.NetworkType{},
+// New loads the stored state. label (Label(scope, store)) must be the one
+// the types were given. Call Reconcile (in the background) once the socket
+// is listening.
+func New(st *store.Store, fw Firewall, scope, label string, types ...api.NetworkType) (*Driver, error) {
+	d := &Driver{st: st, fw: fw, scope: scope, label: label, types: map[string]api.NetworkType{},
 		nets: map[string]*api.Network{}, eps: map[string]*api.Endpoint{}, ports: newPortReserver(), ready: make(chan struct{})}
 	for _, t := range types {
 		d.types[t.Name()] = t
@@ -124,7 +126,7 @@ func (d *Driver) Reconcile() error {
 			}
 			// Rate limits live on host-side devices: put back what is missing.
 			if err := tuning.Apply(tuning.Link{Host: ep.HostIf, IFB: "wfi" + short(ep.ID),
-				Alias: api.AliasPrefix + d.scope + ":" + ep.NetworkID + ":" + ep.ID, Cont: ep.HostIf},
+				Alias: api.AliasPrefix + d.label + ":" + ep.NetworkID + ":" + ep.ID, Cont: ep.HostIf},
 				tuning.Settings{TxQueueLen: -1, RateEgress: ts.RateEgress, RateIngress: ts.RateIngress, Burst: ts.Burst, Latency: ts.Latency}); err != nil {
 				errs = append(errs, fmt.Errorf("reconcile tuning of endpoint %.12s: %w", ep.ID, err))
 			}
@@ -154,7 +156,7 @@ func (d *Driver) removeLeftovers() {
 		logrus.WithError(err).Warn("cannot list links to remove leftovers")
 		return
 	}
-	prefix := api.AliasPrefix + d.scope + ":"
+	prefix := api.AliasPrefix + d.label + ":"
 	for _, l := range links {
 		alias := l.Attrs().Alias
 		if !strings.HasPrefix(alias, prefix) {
@@ -735,6 +737,16 @@ func (d *Driver) Leave(req *network.LeaveRequest) error {
 
 func short(id string) string { return id[:min(12, len(id))] }
 
+// Label is what a plugin instance puts after "weft:" in its link labels:
+// the scope and the store's instance ID.
+func Label(scope string, st *store.Store) (string, error) {
+	id, err := st.InstanceID()
+	if err != nil {
+		return "", err
+	}
+	return scope + ":" + id, nil
+}
+
 func linkExists(name string) bool {
 	if name == "" {
 		return false
@@ -751,5 +763,5 @@ func hostShaping(t api.NetworkType) bool {
 // tuningLink names the interfaces tuning works on for an endpoint.
 func (d *Driver) tuningLink(ep *api.Endpoint) tuning.Link {
 	return tuning.Link{Host: ep.HostIf, Cont: ep.ContIf, IFB: "wfi" + short(ep.ID),
-		Alias: api.AliasPrefix + d.scope + ":" + ep.NetworkID + ":" + ep.ID}
+		Alias: api.AliasPrefix + d.label + ":" + ep.NetworkID + ":" + ep.ID}
 }

@@ -108,7 +108,7 @@ func setup(t *testing.T) (*Driver, *fakeType, *fakeFirewall, *store.Store, strin
 		t.Fatal(err)
 	}
 	ft, fw := newFakeType(), &fakeFirewall{}
-	d, err := New(st, fw, "unittest", ft)
+	d, err := New(st, fw, "local", "unittest", ft)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,7 +207,7 @@ func TestStatePersistsAndReconciles(t *testing.T) {
 	}
 	defer st2.Close()
 	ft2 := newFakeType()
-	d2, err := New(st2, &fakeFirewall{}, "unittest", ft2)
+	d2, err := New(st2, &fakeFirewall{}, "local", "unittest", ft2)
 	if err != nil {
 		t.Fatal(err)
 	}

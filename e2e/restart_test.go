@@ -52,6 +52,11 @@ func TestReconcileAfterHostReboot(t *testing.T) {
 	br := bridgeOf(t, n)
 	gw := mustDocker(t, "network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", n)
 
+	brLink, err := netlink.LinkByName(br)
+	if err != nil {
+		t.Fatal(err)
+	}
+	brAlias := brLink.Attrs().Alias
 	mustDocker(t, "plugin", "disable", "-f", plugin)
 	enabled := false
 	defer func() {
@@ -67,14 +72,22 @@ func TestReconcileAfterHostReboot(t *testing.T) {
 	if strings.Contains(weftRules(), "WEFT-FORWARD -o "+br) {
 		t.Fatal("could not remove the rules for the simulation")
 	}
-	// A leftover from a crash: labelled as weft's, owned by no stored network.
-	orphan := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "weft-orphan0"}}
-	if err := netlink.LinkAdd(orphan); err != nil {
-		t.Fatal(err)
+	// A leftover from a crash: labelled by this plugin's store, owned by no
+	// stored network. And a link labelled by another store (another
+	// instance, or this one started on the wrong state directory): never ours.
+	prefix := strings.TrimSuffix(brAlias, netID(t, n))
+	if !strings.HasPrefix(prefix, "weft:local:") || strings.Count(prefix, ":") != 3 {
+		t.Fatalf("bridge label %q is not weft:local:<instance>:<network>", brAlias)
 	}
-	l, _ := netlink.LinkByName("weft-orphan0")
-	_ = netlink.LinkSetAlias(l, "weft:local:0123456789abcdef")
-	t.Cleanup(func() { _ = osexec.Command("ip", "link", "del", "weft-orphan0").Run() })
+	for name, alias := range map[string]string{"weft-orphan0": prefix + "0123456789abcdef", "weft-foreign0": "weft:local:feedf00d:0123456789abcdef"} {
+		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
+			t.Fatal(err)
+		}
+		l, _ := netlink.LinkByName(name)
+		_ = netlink.LinkSetAlias(l, alias)
+		name := name
+		t.Cleanup(func() { _ = osexec.Command("ip", "link", "del", name).Run() })
+	}
 
 	mustDocker(t, "plugin", "enable", plugin)
 	enabled = true
@@ -99,6 +112,9 @@ func TestReconcileAfterHostReboot(t *testing.T) {
 	})
 	if _, err := netlink.LinkByName("weft-orphan0"); err == nil {
 		t.Fatal("the leftover weft link was not removed")
+	}
+	if _, err := netlink.LinkByName("weft-foreign0"); err != nil {
+		t.Fatal("a link labelled by another weft store was removed")
 	}
 	c := sleeper(t, "--network", n)
 	if !canPing(c, o.peerIP) {

@@ -137,8 +137,12 @@ func run(s Settings) error {
 	if err != nil {
 		return err
 	}
-	drv, err := driver.New(st, fw, s.Scope, &bridge.Type{Scope: s.Scope},
-		&macvlan.Type{Scope: s.Scope}, &ipvlan.Type{Scope: s.Scope})
+	label, err := driver.Label(s.Scope, st)
+	if err != nil {
+		return err
+	}
+	drv, err := driver.New(st, fw, s.Scope, label, &bridge.Type{Scope: label},
+		&macvlan.Type{Scope: label}, &ipvlan.Type{Scope: label})
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,7 @@ need_pkgs() {
   command -v ip >/dev/null || missing+=(iproute2)
   command -v nsenter >/dev/null || missing+=(util-linux)
   command -v docker-compose >/dev/null || missing+=(docker-compose)
+  command -v docker-registry >/dev/null || missing+=(docker-registry)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "e2e-env: installing ${missing[*]}"
     apt-get update -qq

@@ -6,6 +6,8 @@ package store
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -52,6 +54,34 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("store: open %s (is another weft instance using it?): %w", path, err)
 	}
 	return &Store{db: db, path: path}, nil
+}
+
+// InstanceID returns the store's random identity, created with the store.
+// weft puts it in the labels of the links it creates, so a plugin only ever
+// sweeps leftovers made under its own store: a second instance, or one
+// started on the wrong state directory, cannot mistake live links for its own.
+func (s *Store) InstanceID() (string, error) {
+	var id string
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists([]byte("meta"))
+		if err != nil {
+			return err
+		}
+		if v := b.Get([]byte("instance")); v != nil {
+			id = string(v)
+			return nil
+		}
+		buf := make([]byte, 4)
+		if _, err := rand.Read(buf); err != nil {
+			return err
+		}
+		id = hex.EncodeToString(buf)
+		return b.Put([]byte("instance"), []byte(id))
+	})
+	if err != nil {
+		return "", fmt.Errorf("store: instance id: %w", err)
+	}
+	return id, nil
 }
 
 // Path is the database file.

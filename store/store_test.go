@@ -114,3 +114,23 @@ func TestConcurrentUpdatesGroupAndIsolateFailures(t *testing.T) {
 		return nil
 	})
 }
+
+func TestInstanceIDStable(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.db")
+	s, _ := Open(path)
+	a, err := s.InstanceID()
+	s.Close()
+	if err != nil || len(a) != 8 {
+		t.Fatalf("id %q %v", a, err)
+	}
+	s, _ = Open(path)
+	defer s.Close()
+	if b, _ := s.InstanceID(); b != a {
+		t.Fatalf("id changed across reopen: %s -> %s", a, b)
+	}
+	o, _ := Open(filepath.Join(t.TempDir(), "o.db"))
+	defer o.Close()
+	if c, _ := o.InstanceID(); c == a {
+		t.Fatal("two stores share an id")
+	}
+}

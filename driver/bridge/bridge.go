@@ -46,7 +46,8 @@ const (
 
 // Type implements api.NetworkType for bridges.
 type Type struct {
-	// Scope distinguishes link aliases of the local and swarm instances.
+	// Scope is the label of the plugin instance (scope and store ID) that
+	// goes into the labels of the links this type creates.
 	Scope string
 }
 

@@ -33,7 +33,11 @@ var modes = map[string]netlink.IPVlanMode{"l2": netlink.IPVLAN_MODE_L2, "l3": ne
 var flags = map[string]netlink.IPVlanFlag{"bridge": netlink.IPVLAN_FLAG_BRIDGE, "private": netlink.IPVLAN_FLAG_PRIVATE, "vepa": netlink.IPVLAN_FLAG_VEPA}
 
 // Type implements api.NetworkType for ipvlan.
-type Type struct{ Scope string }
+type Type struct {
+	// Scope is the label of the plugin instance (scope and store ID) that
+	// goes into the labels of the links this type creates.
+	Scope string
+}
 
 // Name implements api.NetworkType.
 func (t *Type) Name() string { return "ipvlan" }

@@ -31,7 +31,11 @@ var modes = map[string]netlink.MacvlanMode{
 }
 
 // Type implements api.NetworkType for macvlan.
-type Type struct{ Scope string }
+type Type struct {
+	// Scope is the label of the plugin instance (scope and store ID) that
+	// goes into the labels of the links this type creates.
+	Scope string
+}
 
 // Name implements api.NetworkType.
 func (t *Type) Name() string { return "macvlan" }
