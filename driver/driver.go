@@ -58,14 +58,21 @@ type Driver struct {
 	eps   map[string]*api.Endpoint // by endpoint ID
 	ports *portReserver
 	ready chan struct{}
+
+	inside       tuning.Inside
+	insideResult map[string]string // endpoint ID -> what was applied inside, or the error
 }
+
+// SetInside configures how tuning reaches containers' namespaces.
+func (d *Driver) SetInside(in tuning.Inside) { d.inside = in }
 
 // New loads the stored state. label (Label(scope, store)) must be the one
 // the types were given. Call Reconcile (in the background) once the socket
 // is listening.
 func New(st *store.Store, fw Firewall, scope, label string, types ...api.NetworkType) (*Driver, error) {
 	d := &Driver{st: st, fw: fw, scope: scope, label: label, types: map[string]api.NetworkType{},
-		nets: map[string]*api.Network{}, eps: map[string]*api.Endpoint{}, ports: newPortReserver(), ready: make(chan struct{})}
+		nets: map[string]*api.Network{}, eps: map[string]*api.Endpoint{}, ports: newPortReserver(), ready: make(chan struct{}),
+		inside: tuning.Inside{HostRoot: "", Timeout: 30 * time.Second}, insideResult: map[string]string{}}
 	for _, t := range types {
 		d.types[t.Name()] = t
 	}
@@ -361,7 +368,7 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 		}
 		return fmt.Errorf("%s; this weft supports: %s", msg, strings.Join(names, ", "))
 	}
-	if err := api.CheckKeys("option", opts, append(append([]string{optType}, t.Options()...), tuning.NetworkKeys()...)); err != nil {
+	if err := api.CheckKeys("option", withoutInside(opts), append(append([]string{optType}, t.Options()...), tuning.NetworkKeys()...)); err != nil {
 		return err
 	}
 	if ts, err := tuning.Parse(opts, nil); err != nil {
@@ -518,7 +525,7 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 	if err != nil {
 		return nil, err
 	}
-	if err := api.CheckKeys("endpoint option (--driver-opt)", eopts, tuning.EndpointKeys()); err != nil {
+	if err := api.CheckKeys("endpoint option (--driver-opt)", withoutInside(eopts), tuning.EndpointKeys()); err != nil {
 		return nil, err
 	}
 	ts, err := tuning.Parse(n.Options, eopts)
@@ -594,6 +601,7 @@ func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 	hadPorts := len(ep.Ports) > 0
 	d.ports.release(ep.ID)
 	delete(d.eps, ep.ID)
+	delete(d.insideResult, ep.ID)
 	_ = tuning.Remove(d.tuningLink(ep))
 	if n := d.nets[ep.NetworkID]; n != nil {
 		if t, err := d.typeOf(n); err == nil {
@@ -627,6 +635,9 @@ func (d *Driver) EndpointInfo(req *network.InfoRequest) (*EndpointOperInfo, erro
 		return nil, fmt.Errorf("weft has no endpoint %.12s", req.EndpointID)
 	}
 	v := map[string]interface{}{"weft.host_interface": ep.HostIf}
+	if r, ok := d.insideResult[ep.ID]; ok {
+		v["weft.tuning.inside"] = r
+	}
 	if n := d.nets[ep.NetworkID]; n != nil {
 		if ts, err := tuning.Parse(n.Options, ep.Options); err == nil && ts.String() != "" {
 			v["weft.tuning"] = ts.String()
@@ -691,6 +702,9 @@ func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 		return nil, err
 	}
 	logrus.WithFields(logrus.Fields{"network": short(n.ID), "endpoint": short(ep.ID), "sandbox": req.SandboxKey}).Debug("joined")
+	if ts.HasInside() {
+		go d.applyInside(ep.ID, req.SandboxKey, snap.MAC, ji.SrcName, ts)
+	}
 	resp := &network.JoinResponse{
 		InterfaceName:         network.InterfaceName{SrcName: ji.SrcName, DstPrefix: ji.DstPrefix},
 		Gateway:               ji.Gateway,
@@ -726,6 +740,7 @@ func (d *Driver) Leave(req *network.LeaveRequest) error {
 			}
 		}
 	}
+	delete(d.insideResult, ep.ID)
 	prev := *ep
 	ep.Joined, ep.Sandbox = false, ""
 	if err := d.saveEndpoint(ep); err != nil {
@@ -745,6 +760,36 @@ func Label(scope string, st *store.Store) (string, error) {
 		return "", err
 	}
 	return scope + ":" + id, nil
+}
+
+// withoutInside drops sysctl.* and offload.* keys, which tuning.Parse checks.
+func withoutInside(opts map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range opts {
+		if !tuning.IsInsideKey(k) {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// applyInside runs after Join has answered: the container's namespace may
+// not exist yet, and Docker moves the interface only afterwards.
+func (d *Driver) applyInside(epID, sandbox, mac, srcName string, ts tuning.Settings) {
+	log := logrus.WithFields(logrus.Fields{"endpoint": short(epID), "sandbox": sandbox})
+	got, err := d.inside.ApplyInside(sandbox, mac, srcName, ts)
+	res := "applied: " + got
+	if err != nil {
+		res = "error: " + err.Error()
+		log.WithError(err).Warn("tuning inside the container failed")
+	} else {
+		log.WithField("applied", got).Info("tuning applied inside the container")
+	}
+	d.mu.Lock()
+	if _, ok := d.eps[epID]; ok {
+		d.insideResult[epID] = res
+	}
+	d.mu.Unlock()
 }
 
 func linkExists(name string) bool {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/safchain/ethtool"
 	"github.com/vishvananda/netlink"
 
 	"github.com/weft-net/weft/tuning"
@@ -120,12 +121,12 @@ func TestTuningDefaultsOverridesAndBadInput(t *testing.T) {
 		{[]string{"network", "create", "-d", plugin, "-o", "rate.egress=1mbit", "-o", "rate.burst=5gb"}, []string{"rate.burst", "4gb"}},
 		{[]string{"network", "create", "-d", plugin, "-o", "rate.burst=64kb"}, []string{"need rate.egress or rate.ingress"}},
 		{[]string{"network", "create", "-d", plugin, "-o", "type=macvlan", "-o", "parent=" + l.parent, "-o", "rate.egress=1mbit"}, []string{"type=macvlan", "bridge networks"}},
-		{[]string{"network", "create", "-d", plugin, "-o", "sysctl.kernel.panic=1"}, []string{`"sysctl.kernel.panic"`}},
+		{[]string{"network", "create", "-d", plugin, "-o", "sysctl.kernel.panic=1"}, []string{"sysctl.kernel.panic", "only net.*"}},
 		{[]string{"network", "connect", "--driver-opt", "rate.latency=forever", "--driver-opt", "rate.egress=1mbit", n, c}, []string{"rate.latency"}},
 		{[]string{"network", "connect", "--driver-opt", "mtu=1600", n, c}, []string{"mtu=1600", "larger than the network's MTU 1500"}},
 		{[]string{"network", "connect", "--driver-opt", "mtu=60", n, c}, []string{"mtu", "68 to 65535"}},
 		{[]string{"network", "connect", "--driver-opt", "txqueuelen=lots", n, c}, []string{"txqueuelen"}},
-		{[]string{"network", "connect", "--driver-opt", "offload.tso=maybe", n, c}, []string{`"offload.tso"`}},
+		{[]string{"network", "connect", "--driver-opt", "offload.tso=maybe", n, c}, []string{"offload.tso", "on or off"}},
 		{[]string{"network", "connect", "--driver-opt", "rate.egress=1mbit", mv, c}, []string{"type=macvlan", "bridge networks"}},
 	}
 	for _, b := range bad {
@@ -164,4 +165,80 @@ func TestTuningDefaultsOverridesAndBadInput(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestSysctlsAndOffloadsInsideContainer: settings that only mean something
+// inside the container's namespace are applied there after Docker moved
+// the interface in, for a new container (namespace made after Join) and
+// for `docker network connect` to a running one.
+func TestSysctlsAndOffloadsInsideContainer(t *testing.T) {
+	n := ipamNetwork(t, "-o", "sysctl.net.ipv4.tcp_keepalive_time=600", "-o", "sysctl.net.ipv4.conf.IFNAME.rp_filter=2", "-o", "offload.tso=off")
+	c := sleeper(t, "--network", n)
+	eventually(t, 15*time.Second, "sysctls inside a new container", func() error {
+		ka, _ := execIn(c, "cat", "/proc/sys/net/ipv4/tcp_keepalive_time")
+		rp, _ := execIn(c, "cat", "/proc/sys/net/ipv4/conf/eth0/rp_filter")
+		if ka != "600" || rp != "2" {
+			return fmt.Errorf("tcp_keepalive_time=%s eth0 rp_filter=%s", ka, rp)
+		}
+		return nil
+	})
+	if tso := featureIn(t, c, "eth0", "tx-tcp-segmentation"); tso {
+		t.Fatal("offload.tso=off but TSO is on inside the container")
+	}
+	// The host keeps its own value.
+	if hostKa := sh(t, "cat /proc/sys/net/ipv4/tcp_keepalive_time"); hostKa == "600" {
+		t.Fatal("the host's sysctl changed")
+	}
+	// A running container connected with an endpoint override: IFNAME is eth1 there.
+	r := sleeper(t)
+	mustDocker(t, "network", "connect", "--driver-opt", "sysctl.net.ipv4.conf.IFNAME.rp_filter=1", "--driver-opt", "offload.tso=on", n, r)
+	eventually(t, 15*time.Second, "sysctls after network connect", func() error {
+		rp, _ := execIn(r, "cat", "/proc/sys/net/ipv4/conf/eth1/rp_filter")
+		ka, _ := execIn(r, "cat", "/proc/sys/net/ipv4/tcp_keepalive_time")
+		if rp != "1" || ka != "600" {
+			return fmt.Errorf("eth1 rp_filter=%s tcp_keepalive_time=%s", rp, ka)
+		}
+		return nil
+	})
+	if !featureIn(t, r, "eth1", "tx-tcp-segmentation") {
+		t.Fatal("endpoint offload.tso=on did not override the network's off")
+	}
+	// Bad values are refused at connect time.
+	fresh := sleeper(t)
+	for _, bad := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"network", "connect", "--driver-opt", "sysctl.kernel.panic=1", n, fresh}, "only net.*"},
+		{[]string{"network", "connect", "--driver-opt", "sysctl.net.ipv4/../../x=1", n, fresh}, "not a valid sysctl name"},
+		{[]string{"network", "connect", "--driver-opt", "offload.tso=maybe", n, fresh}, "on or off"},
+		{[]string{"network", "connect", "--driver-opt", "offload.warp=on", n, fresh}, "unknown offload"},
+	} {
+		out, err := docker(bad.args...)
+		if err == nil || !strings.Contains(out, bad.want) {
+			t.Errorf("docker %s: %v %s (want %q)", strings.Join(bad.args, " "), err, out, bad.want)
+		}
+	}
+}
+
+// featureIn reads an ethtool feature of an interface inside a container.
+func featureIn(t *testing.T, c, ifname, feature string) bool {
+	t.Helper()
+	var on bool
+	if err := inNetns("/proc/"+pidOf(t, c)+"/ns/net", func() error {
+		e, err := ethtool.NewEthtool()
+		if err != nil {
+			return err
+		}
+		defer e.Close()
+		f, err := e.Features(ifname)
+		if err != nil {
+			return err
+		}
+		on = f[feature]
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return on
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/weft-net/weft/ipamdriver"
 	"github.com/weft-net/weft/netutil"
 	"github.com/weft-net/weft/store"
+	"github.com/weft-net/weft/tuning"
 )
 
 // Settings come from the plugin's env (docker plugin set weft KEY=VALUE).
@@ -39,6 +40,7 @@ type Settings struct {
 	Socket          string
 	IPTablesBackend string
 	ProcSys         string
+	HostRoot        string
 }
 
 func env(key, def string) string {
@@ -57,6 +59,11 @@ func loadSettings() Settings {
 		Socket:          env("SOCKET", "/run/docker/plugins/weft.sock"),
 		IPTablesBackend: env("IPTABLES_BACKEND", "auto"),
 		ProcSys:         env("PROC_SYS", "/proc/sys"),
+		// With the host's PID namespace (pidhost), /proc/<dockerd>/root is
+		// the host's root as dockerd sees it: containers' namespaces (the
+		// Join's SandboxKey) and a writable /proc/sys are reachable there
+		// without mounting anything. "" when weft runs on the host itself.
+		HostRoot: env("HOST_ROOT", "auto"),
 	}
 }
 
@@ -146,6 +153,7 @@ func run(s Settings) error {
 	if err != nil {
 		return err
 	}
+	drv.SetInside(tuning.Inside{HostRoot: s.HostRoot, Timeout: 30 * time.Second})
 	nn, ne := drv.Counts()
 	logrus.WithFields(logrus.Fields{"socket": s.Socket, "state": st.Path(), "networks": nn, "endpoints": ne}).Info("weft listening")
 

@@ -42,7 +42,13 @@ type Settings struct {
 	RateIngress uint64        // bits per second, 0: unlimited
 	Burst       uint64        // bytes, 0: automatic
 	Latency     time.Duration // 0: 25ms
+	// Applied inside the container's namespace (see inside.go).
+	Sysctls  map[string]string // net.* key (may hold IFNAME) -> value
+	Offloads map[string]bool   // kernel feature name -> on
 }
+
+// HasInside reports whether anything must be done inside the container.
+func (s Settings) HasInside() bool { return len(s.Sysctls) > 0 || len(s.Offloads) > 0 }
 
 // Shaped reports whether any rate limit is set.
 func (s Settings) Shaped() bool { return s.RateEgress > 0 || s.RateIngress > 0 }
@@ -65,6 +71,15 @@ func (s Settings) String() string {
 	if s.Shaped() {
 		p = append(p, fmt.Sprintf("rate.burst=%db", s.burst(max(s.RateEgress, s.RateIngress))), "rate.latency="+s.latency().String())
 	}
+	var inside []string
+	for k, v := range s.Sysctls {
+		inside = append(inside, PrefixSysctl+k+"="+v)
+	}
+	for f, on := range s.Offloads {
+		inside = append(inside, fmt.Sprintf("offload:%s=%v", f, on))
+	}
+	sort.Strings(inside)
+	p = append(p, inside...)
 	return strings.Join(p, " ")
 }
 
@@ -122,6 +137,9 @@ func Parse(network, endpoint map[string]string) (Settings, error) {
 	}
 	if (s.Burst > 0 || s.Latency > 0) && !s.Shaped() {
 		return s, fmt.Errorf("rate.burst and rate.latency need rate.egress or rate.ingress")
+	}
+	if err := parseInside(&s, network, endpoint); err != nil {
+		return s, err
 	}
 	return s, nil
 }
