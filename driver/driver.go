@@ -371,10 +371,8 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	if err := api.CheckKeys("option", withoutInside(opts), append(append([]string{optType}, t.Options()...), tuning.NetworkKeys()...)); err != nil {
 		return err
 	}
-	if ts, err := tuning.Parse(opts, nil); err != nil {
+	if _, err := tuning.Parse(opts, nil); err != nil {
 		return err
-	} else if ts.Shaped() && !hostShaping(t) {
-		return fmt.Errorf("type=%s: %w", typ, tuning.ErrNoHostSide)
 	}
 	n := &api.Network{ID: req.NetworkID, Type: typ, Options: opts,
 		IPv6: boolOpt(req.Options, optEnableIPv6), Internal: boolOpt(req.Options, optInternal)}
@@ -528,8 +526,9 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 	if err := api.CheckKeys("endpoint option (--driver-opt)", withoutInside(eopts), tuning.EndpointKeys()); err != nil {
 		return nil, err
 	}
-	ts, err := tuning.Parse(n.Options, eopts)
-	if err != nil {
+	// Checked here so that a bad value fails `docker network connect`
+	// before anything is created; applied at Join.
+	if _, err := tuning.Parse(n.Options, eopts); err != nil {
 		return nil, err
 	}
 	ep := &api.Endpoint{ID: req.EndpointID, NetworkID: n.ID, Options: eopts}
@@ -554,9 +553,6 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 	t, err := d.typeOf(n)
 	if err != nil {
 		return nil, err
-	}
-	if ts.Shaped() && !hostShaping(t) {
-		return nil, fmt.Errorf("type=%s: %w", n.Type, tuning.ErrNoHostSide)
 	}
 	if err := t.CreateEndpoint(n, ep); err != nil {
 		return nil, err
@@ -702,8 +698,13 @@ func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 		return nil, err
 	}
 	logrus.WithFields(logrus.Fields{"network": short(n.ID), "endpoint": short(ep.ID), "sandbox": req.SandboxKey}).Debug("joined")
-	if ts.HasInside() {
-		go d.applyInside(ep.ID, req.SandboxKey, snap.MAC, ji.SrcName, ts)
+	// Types without a host-side device are shaped inside the container.
+	shapeIFB := ""
+	if ts.Shaped() && !hostShaping(t) {
+		shapeIFB = "wfi" + short(ep.ID)
+	}
+	if ts.HasInside() || shapeIFB != "" {
+		go d.applyInside(ep.ID, req.SandboxKey, snap.MAC, ji.SrcName, ts, shapeIFB)
 	}
 	resp := &network.JoinResponse{
 		InterfaceName:         network.InterfaceName{SrcName: ji.SrcName, DstPrefix: ji.DstPrefix},
@@ -732,6 +733,10 @@ func (d *Driver) Leave(req *network.LeaveRequest) error {
 	}
 	if err := tuning.Remove(d.tuningLink(ep)); err != nil {
 		logrus.WithField("endpoint", short(ep.ID)).WithError(err).Warn("removing the endpoint's tuning failed")
+	}
+	if ep.HostIf == "" {
+		// Shaped inside the container: its IFB stays there if the container runs on.
+		d.inside.RemoveInside(ep.Sandbox, "wfi"+short(ep.ID))
 	}
 	if n := d.nets[ep.NetworkID]; n != nil {
 		if t, err := d.typeOf(n); err == nil {
@@ -775,9 +780,9 @@ func withoutInside(opts map[string]string) map[string]string {
 
 // applyInside runs after Join has answered: the container's namespace may
 // not exist yet, and Docker moves the interface only afterwards.
-func (d *Driver) applyInside(epID, sandbox, mac, srcName string, ts tuning.Settings) {
+func (d *Driver) applyInside(epID, sandbox, mac, srcName string, ts tuning.Settings, shapeIFB string) {
 	log := logrus.WithFields(logrus.Fields{"endpoint": short(epID), "sandbox": sandbox})
-	got, err := d.inside.ApplyInside(sandbox, mac, srcName, ts)
+	got, err := d.inside.ApplyInside(sandbox, mac, srcName, ts, shapeIFB)
 	res := "applied: " + got
 	if err != nil {
 		res = "error: " + err.Error()

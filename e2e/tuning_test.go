@@ -120,14 +120,14 @@ func TestTuningDefaultsOverridesAndBadInput(t *testing.T) {
 		{[]string{"network", "create", "-d", plugin, "-o", "rate.egress=-5mbit"}, []string{"rate.egress"}},
 		{[]string{"network", "create", "-d", plugin, "-o", "rate.egress=1mbit", "-o", "rate.burst=5gb"}, []string{"rate.burst", "4gb"}},
 		{[]string{"network", "create", "-d", plugin, "-o", "rate.burst=64kb"}, []string{"need rate.egress or rate.ingress"}},
-		{[]string{"network", "create", "-d", plugin, "-o", "type=macvlan", "-o", "parent=" + l.parent, "-o", "rate.egress=1mbit"}, []string{"type=macvlan", "bridge networks"}},
+		{[]string{"network", "create", "-d", plugin, "-o", "type=macvlan", "-o", "parent=" + l.parent, "-o", "rate.egress=1mbit", "-o", "rate.latency=0s"}, []string{"rate.latency"}},
 		{[]string{"network", "create", "-d", plugin, "-o", "sysctl.kernel.panic=1"}, []string{"sysctl.kernel.panic", "only net.*"}},
 		{[]string{"network", "connect", "--driver-opt", "rate.latency=forever", "--driver-opt", "rate.egress=1mbit", n, c}, []string{"rate.latency"}},
 		{[]string{"network", "connect", "--driver-opt", "mtu=1600", n, c}, []string{"mtu=1600", "larger than the network's MTU 1500"}},
 		{[]string{"network", "connect", "--driver-opt", "mtu=60", n, c}, []string{"mtu", "68 to 65535"}},
 		{[]string{"network", "connect", "--driver-opt", "txqueuelen=lots", n, c}, []string{"txqueuelen"}},
 		{[]string{"network", "connect", "--driver-opt", "offload.tso=maybe", n, c}, []string{"offload.tso", "on or off"}},
-		{[]string{"network", "connect", "--driver-opt", "rate.egress=1mbit", mv, c}, []string{"type=macvlan", "bridge networks"}},
+		{[]string{"network", "connect", "--driver-opt", "rate.ingress=1tbit", mv, c}, []string{"rate.ingress", "at most 400gbit"}},
 	}
 	for _, b := range bad {
 		args := b.args
@@ -241,4 +241,32 @@ func featureIn(t *testing.T, c, ifname, feature string) bool {
 		t.Fatal(err)
 	}
 	return on
+}
+
+// TestMacvlanRateLimitInsideContainer: macvlan has no host-side device, so
+// weft shapes inside the container's namespace; the rate must still hold.
+func TestMacvlanRateLimitInsideContainer(t *testing.T) {
+	l := newLAN(t, 46)
+	n := l.network(t)
+	server := sleeper(t, "--network", n)
+	c := sleeper(t)
+	mustDocker(t, "network", "connect", "--driver-opt", "rate.egress=100mbit", "--driver-opt", "rate.ingress=100mbit", n, c)
+	// Shaping is applied asynchronously after the interface moved in.
+	eventually(t, 15*time.Second, "shaping inside the container", func() error {
+		out, _ := execIn(c, "tc", "qdisc", "show", "dev", "eth1")
+		if !strings.Contains(out, "tbf") {
+			return fmt.Errorf("no tbf on eth1: %s", out)
+		}
+		return nil
+	})
+	for _, dir := range []struct {
+		name    string
+		reverse bool
+	}{{"egress", false}, {"ingress", true}} {
+		got := iperf(t, c, server, ipOf(t, server, n), dir.reverse, 4)
+		t.Logf("macvlan 100mbit %s: measured %.1f mbit/s", dir.name, got/1e6)
+		if r := got / 100e6; r < 0.90 || r > 1.10 {
+			t.Errorf("macvlan %s: measured %.1f mbit/s, not within 10%% of 100mbit", dir.name, got/1e6)
+		}
+	}
 }

@@ -20,9 +20,6 @@ type Link struct {
 	Alias string // label for what tuning creates (leftover sweep)
 }
 
-// ErrNoHostSide is returned for rate limits on types without a host-side device.
-var ErrNoHostSide = errors.New("rate limits (rate.egress, rate.ingress) are available on bridge networks; macvlan and ipvlan networks do not support them yet")
-
 // Apply sets s on the endpoint's interfaces. On error nothing it made stays.
 func Apply(l Link, s Settings) (err error) {
 	if s.MTU == 0 && s.TxQueueLen < 0 && !s.Shaped() {
@@ -45,11 +42,10 @@ func Apply(l Link, s Settings) (err error) {
 			return fmt.Errorf("tuning: txqueuelen %d on %s: %w", s.TxQueueLen, l.Cont, err)
 		}
 	}
-	if !s.Shaped() {
+	if !s.Shaped() || l.Host == "" {
+		// Without a host-side device (macvlan, ipvlan) shaping happens
+		// inside the container's namespace: see ApplyInside.
 		return nil
-	}
-	if l.Host == "" {
-		return ErrNoHostSide
 	}
 	host, err := netlink.LinkByName(l.Host)
 	if err != nil {
@@ -60,56 +56,65 @@ func Apply(l Link, s Settings) (err error) {
 			_ = Remove(l)
 		}
 	}()
-	// Into the container: what leaves the host-side veth.
-	if s.RateIngress > 0 {
-		if err := tbf(host, s.RateIngress, s); err != nil {
-			return fmt.Errorf("tuning: rate.ingress on %s: %w", l.Host, err)
-		}
-	}
-	// Out of the container: arrives at the host-side veth; a veth has no
-	// egress to shape there, so redirect it to an IFB and shape that.
-	if s.RateEgress > 0 {
-		ifb, err := ensureIFB(l)
-		if err != nil {
-			return err
-		}
-		if err := tbf(ifb, s.RateEgress, s); err != nil {
-			return fmt.Errorf("tuning: rate.egress on %s: %w", l.IFB, err)
-		}
-		ingress := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: host.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_INGRESS}}
-		// The ingress qdisc cannot be "replaced"; one that exists is fine.
-		if err := netlink.QdiscAdd(ingress); err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("tuning: ingress qdisc on %s: %w", l.Host, err)
-		}
-		redirect := &netlink.U32{
-			FilterAttrs: netlink.FilterAttrs{LinkIndex: host.Attrs().Index, Parent: ingress.Handle, Priority: 1, Protocol: unix.ETH_P_ALL},
-			ClassId:     netlink.MakeHandle(1, 1),
-			Sel:         &netlink.TcU32Sel{Keys: []netlink.TcU32Key{{Mask: 0, Val: 0}}, Flags: netlink.TC_U32_TERMINAL},
-			Actions: []netlink.Action{&netlink.MirredAction{ActionAttrs: netlink.ActionAttrs{Action: netlink.TC_ACT_STOLEN},
-				MirredAction: netlink.TCA_EGRESS_REDIR, Ifindex: ifb.Attrs().Index}},
-		}
-		if err := netlink.FilterReplace(redirect); err != nil {
-			return fmt.Errorf("tuning: redirect %s to %s: %w", l.Host, l.IFB, err)
-		}
-	}
-	return nil
+	// On the host veth the directions swap: what enters the container
+	// leaves the veth (its root TBF); what leaves the container arrives at
+	// the veth and is redirected to the IFB.
+	return shape(host, s.RateEgress, s.RateIngress, l.IFB, l.Alias, s)
 }
 
-func ensureIFB(l Link) (netlink.Link, error) {
-	ifb, err := netlink.LinkByName(l.IFB)
+func ensureIFB(name, alias string) (netlink.Link, error) {
+	ifb, err := netlink.LinkByName(name)
 	if err != nil {
-		if err := netlink.LinkAdd(&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: l.IFB, TxQLen: 1000}}); err != nil {
-			return nil, fmt.Errorf("tuning: create IFB %s (CONFIG_IFB): %w", l.IFB, err)
+		if err := netlink.LinkAdd(&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: name, TxQLen: 1000}}); err != nil {
+			return nil, fmt.Errorf("tuning: create IFB %s (CONFIG_IFB): %w", name, err)
 		}
-		if ifb, err = netlink.LinkByName(l.IFB); err != nil {
+		if ifb, err = netlink.LinkByName(name); err != nil {
 			return nil, fmt.Errorf("tuning: %w", err)
 		}
-		_ = netlink.LinkSetAlias(ifb, l.Alias)
+		_ = netlink.LinkSetAlias(ifb, alias)
 	}
 	if err := netlink.LinkSetUp(ifb); err != nil {
-		return nil, fmt.Errorf("tuning: bring up %s: %w", l.IFB, err)
+		return nil, fmt.Errorf("tuning: bring up %s: %w", name, err)
 	}
 	return ifb, nil
+}
+
+// shape puts rate limits on dev: out limits what dev sends (a TBF at its
+// root), in limits what it receives (redirected to an IFB with a TBF).
+// Used on the host veth (where the container's ingress is the veth's
+// egress) and inside containers (on the container's own interface).
+func shape(dev netlink.Link, in, out uint64, ifbName, alias string, s Settings) error {
+	if out > 0 {
+		if err := tbf(dev, out, s); err != nil {
+			return fmt.Errorf("tuning: TBF on %s: %w", dev.Attrs().Name, err)
+		}
+	}
+	if in == 0 {
+		return nil
+	}
+	ifb, err := ensureIFB(ifbName, alias)
+	if err != nil {
+		return err
+	}
+	if err := tbf(ifb, in, s); err != nil {
+		return fmt.Errorf("tuning: TBF on %s: %w", ifbName, err)
+	}
+	ingress := &netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: dev.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_INGRESS}}
+	// The ingress qdisc cannot be "replaced"; one that exists is fine.
+	if err := netlink.QdiscAdd(ingress); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("tuning: ingress qdisc on %s: %w", dev.Attrs().Name, err)
+	}
+	redirect := &netlink.U32{
+		FilterAttrs: netlink.FilterAttrs{LinkIndex: dev.Attrs().Index, Parent: ingress.Handle, Priority: 1, Protocol: unix.ETH_P_ALL},
+		ClassId:     netlink.MakeHandle(1, 1),
+		Sel:         &netlink.TcU32Sel{Keys: []netlink.TcU32Key{{Mask: 0, Val: 0}}, Flags: netlink.TC_U32_TERMINAL},
+		Actions: []netlink.Action{&netlink.MirredAction{ActionAttrs: netlink.ActionAttrs{Action: netlink.TC_ACT_STOLEN},
+			MirredAction: netlink.TCA_EGRESS_REDIR, Ifindex: ifb.Attrs().Index}},
+	}
+	if err := netlink.FilterReplace(redirect); err != nil {
+		return fmt.Errorf("tuning: redirect %s to %s: %w", dev.Attrs().Name, ifbName, err)
+	}
+	return nil
 }
 
 // tbf installs a token bucket of rate bits/s as the root qdisc of link.

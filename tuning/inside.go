@@ -161,8 +161,11 @@ const nsfsMagic = 0x6e736673
 //
 // srcName is the interface's name before Docker moves it: Docker renames it
 // (eth0, eth1, ...) right after the move, so until then it is not ready.
-func (in Inside) ApplyInside(sandbox, mac, srcName string, s Settings) (string, error) {
-	if len(s.Sysctls) == 0 && len(s.Offloads) == 0 {
+//
+// shapeIFB, when set, asks for the rate limits to be applied inside too (for
+// types without a host-side device), with an IFB of that name for ingress.
+func (in Inside) ApplyInside(sandbox, mac, srcName string, s Settings, shapeIFB string) (string, error) {
+	if len(s.Sysctls) == 0 && len(s.Offloads) == 0 && shapeIFB == "" {
 		return "", nil
 	}
 	deadline := time.Now().Add(in.Timeout)
@@ -210,7 +213,7 @@ func (in Inside) ApplyInside(sandbox, mac, srcName string, s Settings) (string, 
 			aerr = fmt.Errorf("enter the container's namespace: %w", err)
 			return
 		}
-		applied, aerr = in.applyHere(ifname, s)
+		applied, aerr = in.applyHere(ifname, s, shapeIFB)
 		if err := netns.Set(orig); err != nil {
 			return
 		}
@@ -271,8 +274,24 @@ func (in Inside) find(root, sandbox, mac, srcName string) (netns.NsHandle, strin
 	return 0, "", fmt.Errorf("no interface with MAC %s in the container yet", mac)
 }
 
-func (in Inside) applyHere(ifname string, s Settings) ([]string, error) {
+func (in Inside) applyHere(ifname string, s Settings, shapeIFB string) ([]string, error) {
 	var applied []string
+	if shapeIFB != "" && s.Shaped() {
+		dev, err := netlink.LinkByName(ifname)
+		if err != nil {
+			return applied, fmt.Errorf("shaping %s: %w", ifname, err)
+		}
+		// Inside the container the interface's own directions apply.
+		if err := shape(dev, s.RateIngress, s.RateEgress, shapeIFB, "weft:shaping", s); err != nil {
+			return applied, err
+		}
+		if s.RateEgress > 0 {
+			applied = append(applied, "rate.egress="+FormatRate(s.RateEgress))
+		}
+		if s.RateIngress > 0 {
+			applied = append(applied, "rate.ingress="+FormatRate(s.RateIngress))
+		}
+	}
 	if len(s.Offloads) > 0 {
 		e, err := ethtool.NewEthtool()
 		if err != nil {
@@ -312,4 +331,26 @@ func (in Inside) applyHere(ifname string, s Settings) ([]string, error) {
 		applied = append(applied, real+"="+v)
 	}
 	return applied, nil
+}
+
+// RemoveInside deletes an IFB weft made inside a container (for an endpoint
+// leaving a container that keeps running); a missing one is fine.
+func (in Inside) RemoveInside(sandbox, ifbName string) {
+	if sandbox == "" || ifbName == "" {
+		return
+	}
+	for _, r := range in.roots() {
+		ns, err := openInRoot(r, sandbox)
+		if err != nil {
+			continue
+		}
+		if h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE); err == nil {
+			if l, err := h.LinkByName(ifbName); err == nil {
+				_ = h.LinkDel(l)
+			}
+			h.Close()
+		}
+		ns.Close()
+		return
+	}
 }

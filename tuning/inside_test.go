@@ -65,7 +65,7 @@ func TestApplyInsideNamespace(t *testing.T) {
 	in := Inside{HostRoot: "", Timeout: 2 * time.Second}
 	s := Settings{TxQueueLen: -1, Sysctls: map[string]string{"net.ipv4.conf.IFNAME.rp_filter": "2", "net.ipv4.tcp_keepalive_time": "600"},
 		Offloads: map[string]bool{"tx-tcp-segmentation": false}}
-	got, err := in.ApplyInside("/var/run/netns/wftunetest", mac, "wfcmoved", s)
+	got, err := in.ApplyInside("/var/run/netns/wftunetest", mac, "wfcmoved", s, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestApplyInsideNamespace(t *testing.T) {
 		t.Fatal("the host's own sysctl was changed")
 	}
 	// A namespace that never shows the interface: a bounded wait, then an error.
-	if _, err := (Inside{Timeout: 300 * time.Millisecond}).ApplyInside("/var/run/netns/wftunetest", "02:00:00:00:00:99", "wfcmoved", s); err == nil {
+	if _, err := (Inside{Timeout: 300 * time.Millisecond}).ApplyInside("/var/run/netns/wftunetest", "02:00:00:00:00:99", "wfcmoved", s, ""); err == nil {
 		t.Fatal("no error for a missing interface")
 	}
 }
