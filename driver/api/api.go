@@ -103,3 +103,20 @@ type HostShaper interface {
 // AliasPrefix starts the alias weft sets on every link it creates, so that
 // leftovers are recognisable even with user-chosen names.
 const AliasPrefix = "weft:"
+
+// Gateways returns the gateways an endpoint should use: none on an internal
+// network, and only for the address families the endpoint has.
+func Gateways(n *Network, ep *Endpoint) (v4, v6 string) {
+	if n.Internal {
+		return "", ""
+	}
+	for _, gw := range n.Gateways {
+		if gw.Addr().Is4() && v4 == "" && ep.Addr4.IsValid() {
+			v4 = gw.Addr().String()
+		}
+		if gw.Addr().Is6() && v6 == "" && ep.Addr6.IsValid() {
+			v6 = gw.Addr().String()
+		}
+	}
+	return v4, v6
+}

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -47,5 +48,20 @@ func TestParsers(t *testing.T) {
 		if err := IfName("k", good); err != nil {
 			t.Fatalf("ifname %q refused: %v", good, err)
 		}
+	}
+}
+
+func TestGateways(t *testing.T) {
+	n := &Network{Gateways: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/24"), netip.MustParsePrefix("fd00::1/64")}}
+	both := &Endpoint{Addr4: netip.MustParsePrefix("10.0.0.2/24"), Addr6: netip.MustParsePrefix("fd00::2/64")}
+	if v4, v6 := Gateways(n, both); v4 != "10.0.0.1" || v6 != "fd00::1" {
+		t.Fatalf("dual stack: %q %q", v4, v6)
+	}
+	if v4, v6 := Gateways(n, &Endpoint{Addr4: both.Addr4}); v4 != "10.0.0.1" || v6 != "" {
+		t.Fatalf("IPv4-only endpoint got an IPv6 gateway: %q %q", v4, v6)
+	}
+	n.Internal = true
+	if v4, v6 := Gateways(n, both); v4 != "" || v6 != "" {
+		t.Fatalf("internal network got gateways: %q %q", v4, v6)
 	}
 }

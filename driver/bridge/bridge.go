@@ -298,16 +298,7 @@ func (t *Type) Join(n *api.Network, ep *api.Endpoint) (*api.JoinInfo, error) {
 	if p := n.State[stIfPfx]; p != "" {
 		ji.DstPrefix = p
 	}
-	if !n.Internal {
-		for _, gw := range n.Gateways {
-			if gw.Addr().Is4() && ji.Gateway == "" {
-				ji.Gateway = gw.Addr().String()
-			}
-			if gw.Addr().Is6() && ji.GatewayIPv6 == "" && ep.Addr6.IsValid() {
-				ji.GatewayIPv6 = gw.Addr().String()
-			}
-		}
-	}
+	ji.Gateway, ji.GatewayIPv6 = api.Gateways(n, ep)
 	return ji, nil
 }
 

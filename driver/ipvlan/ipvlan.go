@@ -142,8 +142,6 @@ func (t *Type) DeleteNetwork(n *api.Network, others []*api.Network) error {
 	return parent.Release(n, others, t.Scope)
 }
 
-func contName(epID string) string { return "wfc" + epID[:min(12, len(epID))] }
-
 // CreateEndpoint implements api.NetworkType.
 func (t *Type) CreateEndpoint(n *api.Network, ep *api.Endpoint) error {
 	if ep.MACGiven {
@@ -153,7 +151,7 @@ func (t *Type) CreateEndpoint(n *api.Network, ep *api.Endpoint) error {
 	if err != nil {
 		return fmt.Errorf("parent %s of network %.12s is missing: %w", n.State[parent.StName], n.ID, err)
 	}
-	name := contName(ep.ID)
+	name := parent.ContName(ep.ID)
 	if err := netlink.LinkAdd(t.link(n, name, p.Attrs().Index)); err != nil {
 		return fmt.Errorf("create ipvlan %s on %s: %w", name, p.Attrs().Name, explain(err, p.Attrs().Name))
 	}
@@ -179,37 +177,24 @@ func (t *Type) CreateEndpoint(n *api.Network, ep *api.Endpoint) error {
 
 // DeleteEndpoint implements api.NetworkType.
 func (t *Type) DeleteEndpoint(n *api.Network, ep *api.Endpoint) error {
-	parent.DelHostRoute(n, ep)
-	return netutil.DeleteLink(contName(ep.ID))
+	return parent.DeleteEndpoint(n, ep)
 }
 
 // Join implements api.NetworkType. In L3 and L3S mode the parent routes:
 // the container's default route is a device route and Docker must not add
 // its gateway bridge.
 func (t *Type) Join(n *api.Network, ep *api.Endpoint) (*api.JoinInfo, error) {
-	// An internal (e.g. parent-less) network has no way out: keep Docker
-	// from adding docker_gwbridge for egress.
-	ji := &api.JoinInfo{SrcName: contName(ep.ID), DstPrefix: "eth", DisableGatewayService: n.Internal}
-	if n.State[stMode] != "l2" {
-		ji.DisableGatewayService = true
-		if !n.Internal {
-			if ep.Addr4.IsValid() {
-				ji.StaticRoutes = append(ji.StaticRoutes, api.StaticRoute{Destination: "0.0.0.0/0", Connected: true})
-			}
-			if ep.Addr6.IsValid() {
-				ji.StaticRoutes = append(ji.StaticRoutes, api.StaticRoute{Destination: "::/0", Connected: true})
-			}
-		}
+	ji := parent.Join(n, ep)
+	if n.State[stMode] == "l2" {
 		return ji, nil
 	}
+	ji.Gateway, ji.GatewayIPv6, ji.DisableGatewayService = "", "", true
 	if !n.Internal {
-		for _, gw := range n.Gateways {
-			if gw.Addr().Is4() && ji.Gateway == "" && ep.Addr4.IsValid() {
-				ji.Gateway = gw.Addr().String()
-			}
-			if gw.Addr().Is6() && ji.GatewayIPv6 == "" && ep.Addr6.IsValid() {
-				ji.GatewayIPv6 = gw.Addr().String()
-			}
+		if ep.Addr4.IsValid() {
+			ji.StaticRoutes = append(ji.StaticRoutes, api.StaticRoute{Destination: "0.0.0.0/0", Connected: true})
+		}
+		if ep.Addr6.IsValid() {
+			ji.StaticRoutes = append(ji.StaticRoutes, api.StaticRoute{Destination: "::/0", Connected: true})
 		}
 	}
 	return ji, nil
@@ -220,18 +205,7 @@ func (t *Type) Leave(*api.Network, *api.Endpoint) error { return nil }
 
 // Reconcile implements api.NetworkType.
 func (t *Type) Reconcile(n *api.Network, eps []*api.Endpoint) error {
-	if err := parent.Ensure(n, t.Scope); err != nil {
-		return err
-	}
-	if err := parent.EnsureShim(n, t.Scope, func(name string, idx int) netlink.Link { return t.link(n, name, idx) }); err != nil {
-		return err
-	}
-	for _, ep := range eps {
-		if err := parent.AddHostRoute(n, ep); err != nil {
-			return err
-		}
-	}
-	return nil
+	return parent.Reconcile(n, eps, t.Scope, func(name string, idx int) netlink.Link { return t.link(n, name, idx) })
 }
 
 // Firewall implements api.NetworkType.

@@ -99,15 +99,13 @@ func (t *Type) DeleteNetwork(n *api.Network, others []*api.Network) error {
 	return parent.Release(n, others, t.Scope)
 }
 
-func contName(epID string) string { return "wfc" + epID[:min(12, len(epID))] }
-
 // CreateEndpoint implements api.NetworkType.
 func (t *Type) CreateEndpoint(n *api.Network, ep *api.Endpoint) error {
 	p, err := netlink.LinkByName(n.State[parent.StName])
 	if err != nil {
 		return fmt.Errorf("parent %s of network %.12s is missing: %w", n.State[parent.StName], n.ID, err)
 	}
-	name := contName(ep.ID)
+	name := parent.ContName(ep.ID)
 	attrs := netlink.LinkAttrs{Name: name, ParentIndex: p.Attrs().Index, TxQLen: -1}
 	if m := n.State[stMTU]; m != "" {
 		fmt.Sscan(m, &attrs.MTU)
@@ -153,46 +151,20 @@ func (t *Type) CreateEndpoint(n *api.Network, ep *api.Endpoint) error {
 
 // DeleteEndpoint implements api.NetworkType.
 func (t *Type) DeleteEndpoint(n *api.Network, ep *api.Endpoint) error {
-	parent.DelHostRoute(n, ep)
-	return netutil.DeleteLink(contName(ep.ID))
+	return parent.DeleteEndpoint(n, ep)
 }
 
 // Join implements api.NetworkType.
 func (t *Type) Join(n *api.Network, ep *api.Endpoint) (*api.JoinInfo, error) {
-	// An internal (e.g. parent-less) network has no way out: keep Docker
-	// from adding docker_gwbridge for egress.
-	ji := &api.JoinInfo{SrcName: contName(ep.ID), DstPrefix: "eth", DisableGatewayService: n.Internal}
-	if !n.Internal {
-		for _, gw := range n.Gateways {
-			if gw.Addr().Is4() && ji.Gateway == "" && ep.Addr4.IsValid() {
-				ji.Gateway = gw.Addr().String()
-			}
-			if gw.Addr().Is6() && ji.GatewayIPv6 == "" && ep.Addr6.IsValid() {
-				ji.GatewayIPv6 = gw.Addr().String()
-			}
-		}
-	}
-	return ji, nil
+	return parent.Join(n, ep), nil
 }
 
 // Leave implements api.NetworkType.
 func (t *Type) Leave(*api.Network, *api.Endpoint) error { return nil }
 
-// Reconcile implements api.NetworkType: re-creates a weft-made parent and
-// the shim after a reboot, and the shim's routes.
+// Reconcile implements api.NetworkType.
 func (t *Type) Reconcile(n *api.Network, eps []*api.Endpoint) error {
-	if err := parent.Ensure(n, t.Scope); err != nil {
-		return err
-	}
-	if err := parent.EnsureShim(n, t.Scope, t.shim); err != nil {
-		return err
-	}
-	for _, ep := range eps {
-		if err := parent.AddHostRoute(n, ep); err != nil {
-			return err
-		}
-	}
-	return nil
+	return parent.Reconcile(n, eps, t.Scope, t.shim)
 }
 
 // Firewall implements api.NetworkType: macvlan traffic bypasses the host's IP stack.

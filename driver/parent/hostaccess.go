@@ -123,3 +123,39 @@ func DelHostRoute(n *api.Network, ep *api.Endpoint) {
 		_ = netlink.RouteDel(r)
 	}
 }
+
+// ContName is the name of an endpoint's interface until Docker moves it.
+func ContName(epID string) string { return "wfc" + epID[:min(12, len(epID))] }
+
+// Join is the Join reply shared by macvlan and ipvlan: the network's
+// gateways, and for an internal (e.g. parent-less) network no way out, so
+// Docker must not add docker_gwbridge either.
+func Join(n *api.Network, ep *api.Endpoint) *api.JoinInfo {
+	ji := &api.JoinInfo{SrcName: ContName(ep.ID), DstPrefix: "eth", DisableGatewayService: n.Internal}
+	ji.Gateway, ji.GatewayIPv6 = api.Gateways(n, ep)
+	return ji
+}
+
+// DeleteEndpoint removes an endpoint's host route and, if it is still in
+// the host namespace, its interface.
+func DeleteEndpoint(n *api.Network, ep *api.Endpoint) error {
+	DelHostRoute(n, ep)
+	return netutil.DeleteLink(ContName(ep.ID))
+}
+
+// Reconcile re-creates a weft-made parent and the host_access shim (after
+// a reboot) and the shim's routes.
+func Reconcile(n *api.Network, eps []*api.Endpoint, scope string, mkShim func(name string, parentIndex int) netlink.Link) error {
+	if err := Ensure(n, scope); err != nil {
+		return err
+	}
+	if err := EnsureShim(n, scope, mkShim); err != nil {
+		return err
+	}
+	for _, ep := range eps {
+		if err := AddHostRoute(n, ep); err != nil {
+			return err
+		}
+	}
+	return nil
+}
