@@ -7,6 +7,9 @@
 #   endpoints;
 # - macvlan: the same throughput, RTT and `docker run` time, both drivers in
 #   bridge mode on one parent, a veth pair wfbmv0/wfbmv1 made for the run;
+# - tuning (weft only): how close rate.egress/rate.ingress come to the asked
+#   rate (iperf3 both ways at 10, 100 and 1000 mbit), and `docker run` time on
+#   a plain weft bridge network against one with rate limits and a sysctl;
 # then writes docs/benchmarks.md. Everything it creates is named wfbench-*
 # (networks, containers) or wfbmv* (the veth) and removed on exit, also on
 # failure.
@@ -20,6 +23,9 @@ declare -A net=([builtin]=wfbench-builtin [weft]=wfbench-weft)
 declare -A mvnet=([builtin]=wfbench-mv-builtin [weft]=wfbench-mv-weft)
 mvparent=wfbmv0 mvpeer=wfbmv1 # interface names: at most 15 characters
 memnet=wfbench-weftmem
+ratenet=wfbench-rate rates="10mbit 100mbit 1000mbit" # rates: in mbit
+declare -A tunnet=([plain]=wfbench-tun-plain [tuned]=wfbench-tun-tuned)
+tun_opts=(-o rate.egress=100mbit -o rate.ingress=100mbit -o sysctl.net.ipv4.tcp_keepalive_time=600)
 thr_reps=3 rtt_reps=3 run_reps=10 par_reps=2 par_n=50 mem_eps=500
 e2e_pidfile=/run/weft-e2e/dockerd.pid
 
@@ -36,8 +42,17 @@ median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) 
 cpid() { docker inspect -f '{{.State.Pid}}' "$1"; }
 cip() { docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$1"; }
 # The two drivers alternate within each repetition, and which goes first
-# alternates between repetitions (B W, W B, B W, ...).
-order() { if (($1 % 2)); then echo builtin weft; else echo weft builtin; fi; }
+# alternates between repetitions (B W, W B, B W, ...). order R [A B]: the same
+# for two other keys.
+order() { local a=${2:-builtin} b=${3:-weft}; if (($1 % 2)); then echo "$a $b"; else echo "$b $a"; fi; }
+# iperf_bps PID IP [ARG...]: iperf3 -t 5 from the namespace of PID to the
+# server at IP; prints the receiver's bits per second.
+iperf_bps() {
+  local pid=$1 ip=$2
+  shift 2
+  nsenter -t "$pid" -n iperf3 -c "$ip" -t 5 -J "$@" |
+    awk '/"sum_received"/ { f = 1 } f && /"bits_per_second"/ { gsub(/[^0-9.e+]/, "", $2); print $2; exit }'
+}
 
 # Raw per-repetition values, "metric:driver" -> "v1 v2 ...".
 declare -A raw
@@ -62,7 +77,7 @@ cleanup() {
   c=$(docker ps -a --format '{{.Names}}' 2>/dev/null | grep '^wfbench-')
   # shellcheck disable=SC2086
   [ -n "$c" ] && docker rm -f $c >/dev/null
-  for f in "${net[@]}" "${mvnet[@]}" "$memnet"; do docker network rm "$f" >/dev/null 2>&1; done
+  for f in "${net[@]}" "${mvnet[@]}" "$memnet" "$ratenet" "${tunnet[@]}"; do docker network rm "$f" >/dev/null 2>&1; done
   ip link del "$mvparent" 2>/dev/null # takes its peer with it
   ip link del "$mvpeer" 2>/dev/null
   rm -rf "$tmp"
@@ -82,13 +97,15 @@ after=$(cat "$e2e_pidfile" 2>/dev/null || true)
 [ -n "$after" ] && [ "$after" != "$before" ] && started_dockerd=1
 command -v curl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null; }
 say "building and installing $plugin (make -s install)"
+# The commit the plugin is built from (the tree may move during the run).
+build_commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo ' (work tree had uncommitted changes)')
 make -s install
 
 # Leftovers of an interrupted earlier run.
 c=$(docker ps -a --format '{{.Names}}' | grep '^wfbench-' || true)
 # shellcheck disable=SC2086
 [ -z "$c" ] || docker rm -f $c >/dev/null
-for n in "${net[@]}" "${mvnet[@]}" "$memnet"; do docker network rm "$n" >/dev/null 2>&1 || true; done
+for n in "${net[@]}" "${mvnet[@]}" "$memnet" "$ratenet" "${tunnet[@]}"; do docker network rm "$n" >/dev/null 2>&1 || true; done
 ip link del "$mvparent" 2>/dev/null || true
 ip link del "$mvpeer" 2>/dev/null || true
 
@@ -166,8 +183,7 @@ link_bench() {
   say "TCP throughput ($label): iperf3 -t 5, $thr_reps repetitions"
   for r in $(seq "$thr_reps"); do
     for k in $(order "$r"); do
-      bps=$(nsenter -t "${cpid_[$k]}" -n iperf3 -c "${ip[$k]}" -t 5 -J |
-        awk '/"sum_received"/ { f = 1 } f && /"bits_per_second"/ { gsub(/[^0-9.e+]/, "", $2); print $2; exit }')
+      bps=$(iperf_bps "${cpid_[$k]}" "${ip[$k]}")
       [ -n "$bps" ] || die "iperf3 on ${nets[$k]} gave no result"
       v=$(awk -v b="$bps" 'BEGIN { printf "%.2f", b / 1e9 }')
       add "${p}thr" "$k" "$v"
@@ -194,14 +210,15 @@ link_bench() {
 }
 
 # 3c. docker run --rm ... true ------------------------------------------------------
-# run_bench NETS P LABEL: records the metric "${P}run".
+# run_bench NETS P LABEL [A B]: records the metric "${P}run" for the keys A and
+# B of NETS (default builtin and weft).
 run_bench() {
   local -n nets=$1
-  local p=$2 label=$3 k r s v
+  local p=$2 label=$3 a=${4:-builtin} b=${5:-weft} k r s v
   say "docker run --rm true ($label): $run_reps repetitions"
-  for k in builtin weft; do docker run --rm --name "wfbench-${p}run-$k" --network "${nets[$k]}" "$img" true; done # warm-up
+  for k in $a $b; do docker run --rm --name "wfbench-${p}run-$k" --network "${nets[$k]}" "$img" true; done # warm-up
   for r in $(seq "$run_reps"); do
-    for k in $(order "$r"); do
+    for k in $(order "$r" "$a" "$b"); do
       s=$(now)
       docker run --rm --name "wfbench-${p}run-$k" --network "${nets[$k]}" "$img" true
       v=$(since "$s")
@@ -262,13 +279,86 @@ mv_check() { # mv_check NETWORK PID...: each container's eth0 is a bridge-mode m
 link_bench mvnet mv- macvlan mv_check
 run_bench mvnet mv- macvlan
 
-# 5. docs/benchmarks.md ---------------------------------------------------------
+# 5. Tuning (weft only) ---------------------------------------------------------
+# 5a. Rate accuracy. An unshaped server and one client on a weft bridge network;
+# the client starts on Docker's default bridge (an endpoint option can only be
+# given with `docker network connect`, and a --network none container cannot
+# be connected) and is connected to $ratenet with rate.egress=R and
+# rate.ingress=R for each R in turn, disconnected in between. egress: the
+# client sends; ingress: the server sends to it (iperf3 -R from the client).
+say "creating $ratenet (weft) for the rate limits"
+docker network create -d "$plugin" --ipam-driver "$plugin" --subnet 10.215.0.0/24 "$ratenet" >/dev/null
+docker run -d --name wfbench-rate-srv --network "$ratenet" "$img" sleep 3600 >/dev/null
+docker run -d --name wfbench-rate-cli "$img" sleep 3600 >/dev/null
+rspid=$(cpid wfbench-rate-srv)
+rcpid=$(cpid wfbench-rate-cli)
+rsip=$(cip wfbench-rate-srv)
+nsenter -t "$rspid" -n iperf3 -s -D -I "$tmp/iperf3-rate.pid"
+rate_left= # IFBs still there after a disconnect
+for rate in $rates; do
+  docker network connect --driver-opt "rate.egress=$rate" --driver-opt "rate.ingress=$rate" "$ratenet" wfbench-rate-cli
+  ep=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$ratenet\").EndpointID}}" wfbench-rate-cli)
+  rcip=$(docker inspect -f "{{(index .NetworkSettings.Networks \"$ratenet\").IPAddress}}" wfbench-rate-cli)
+  ifb=wfi${ep:0:12}
+  ip link show "$ifb" >/dev/null 2>&1 || die "no IFB $ifb after connecting with rate $rate"
+  # The server must be reached through the weft interface, not docker0.
+  rt=$(nsenter -t "$rcpid" -n ip route get "$rsip")
+  if ! grep -q "src $rcip\b" <<<"$rt" || grep -q ' via ' <<<"$rt"; then
+    die "the client does not reach $rsip directly through $ratenet: $rt"
+  fi
+  for _ in $(seq 20); do # untimed warm-up; also waits for the iperf3 server
+    nsenter -t "$rcpid" -n iperf3 -c "$rsip" -t 1 >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  say "rate $rate: iperf3 -t 5 egress and ingress"
+  for dir in egress ingress; do
+    if [ "$dir" = egress ]; then bps=$(iperf_bps "$rcpid" "$rsip"); else bps=$(iperf_bps "$rcpid" "$rsip" -R); fi
+    [ -n "$bps" ] || die "iperf3 at $rate ($dir) gave no result"
+    v=$(awk -v b="$bps" 'BEGIN { printf "%.2f", b / 1e6 }')
+    add "rate-$rate" "$dir" "$v"
+    echo "  $rate $dir: $v Mbit/s ($(awk -v v="$v" -v r="${rate%mbit}" 'BEGIN { printf "%.3f", v / r }') of the asked rate)"
+  done
+  docker network disconnect "$ratenet" wfbench-rate-cli
+  ! ip link show "$ifb" >/dev/null 2>&1 || rate_left="$rate_left $ifb"
+done
+kill "$(cat "$tmp/iperf3-rate.pid")" 2>/dev/null || true
+rm -f "$tmp/iperf3-rate.pid"
+docker rm -f wfbench-rate-srv wfbench-rate-cli >/dev/null
+docker network rm "$ratenet" >/dev/null
+[ -z "$rate_left" ] || echo "  warning: IFB left after disconnect:$rate_left"
+
+# 5b. What tuning costs `docker run`: a plain weft bridge network against one
+# with rate limits and a sysctl. First a check that the tuned network really
+# tunes: the host veth gets its TBF and IFB, the sysctl shows up inside.
+say "creating ${tunnet[plain]} (weft) and ${tunnet[tuned]} (weft, ${tun_opts[*]})"
+docker network create -d "$plugin" --ipam-driver "$plugin" --subnet 10.216.0.0/24 "${tunnet[plain]}" >/dev/null
+docker network create -d "$plugin" --ipam-driver "$plugin" --subnet 10.217.0.0/24 "${tun_opts[@]}" "${tunnet[tuned]}" >/dev/null
+docker run -d --name wfbench-tun-check --network "${tunnet[tuned]}" "$img" sleep 3600 >/dev/null
+ep=$(docker inspect -f "{{(index .NetworkSettings.Networks \"${tunnet[tuned]}\").EndpointID}}" wfbench-tun-check)
+tc qdisc show dev "wfh${ep:0:12}" | grep -q 'tbf' || die "no TBF on wfh${ep:0:12} on ${tunnet[tuned]}"
+tc qdisc show dev "wfi${ep:0:12}" | grep -q 'tbf' || die "no TBF on the IFB wfi${ep:0:12} on ${tunnet[tuned]}"
+ka=
+for _ in $(seq 20); do
+  ka=$(nsenter -t "$(cpid wfbench-tun-check)" -n cat /proc/sys/net/ipv4/tcp_keepalive_time)
+  [ "$ka" = 600 ] && break
+  sleep 0.5
+done
+[ "$ka" = 600 ] || die "net.ipv4.tcp_keepalive_time is $ka inside a container on ${tunnet[tuned]}, not 600"
+docker rm -f wfbench-tun-check >/dev/null
+run_bench tunnet tun- "weft plain vs tuned" plain tuned
+for n in "${tunnet[@]}"; do docker network rm "$n" >/dev/null; done
+
+# 6. docs/benchmarks.md ---------------------------------------------------------
 declare -A med
 for m in thr rtt run par mv-thr mv-rtt mv-run; do
   for k in builtin weft; do
     # shellcheck disable=SC2086
     med[$m:$k]=$(median ${raw[$m:$k]})
   done
+done
+for k in plain tuned; do
+  # shellcheck disable=SC2086
+  med[tun-run:$k]=$(median ${raw[tun-run:$k]})
 done
 ratio() { awk -v a="${med[$1:weft]}" -v b="${med[$1:builtin]}" 'BEGIN { printf "%.2f", a / b }'; }
 met() { # met METRIC ge|le
@@ -288,10 +378,11 @@ mkdir -p docs
   # shellcheck disable=SC2016
   echo 'Run `make bench` (root; it prepares the machine like `make demo`, reinstalls'
   echo 'weft:latest, measures weft and the built-in driver side by side for each network'
-  echo 'type, rewrites this file and removes everything it created). It takes a few minutes.'
+  echo 'type, measures what weft'"'"'s tuning options do and cost, rewrites this file and'
+  echo 'removes everything it created). It takes a few minutes.'
   echo
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-  echo "- commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo ' (work tree had uncommitted changes)')"
+  echo "- commit: $build_commit"
   echo "- machine: $(nproc) CPUs, kernel $(uname -r), Docker Engine $(docker version -f '{{.Server.Version}}'), $(iperf3 --version | head -1 | awk '{ print $1, $2 }')"
   echo "- the run took ${took} s"
   echo
@@ -324,6 +415,43 @@ mkdir -p docs
   row mv-rtt "ping RTT avg container to container (200 pings at 5 ms, median of $rtt_reps)" us le
   row mv-run "\`docker run --rm --network N weft-test/busybox true\` wall time (median of $run_reps)" s le
   echo
+  echo "## tuning"
+  echo
+  echo "weft only; Docker's built-in drivers have no such options."
+  echo
+  echo "Rate limits: an unshaped server and a client on one weft bridge network"
+  echo "(\`docker network create -d $plugin --ipam-driver $plugin --subnet 10.215.0.0/24\`), the client connected"
+  echo "with \`docker network connect --driver-opt rate.egress=R --driver-opt rate.ingress=R\` for each"
+  echo "rate in turn (and disconnected in between). TCP throughput with iperf3 (5 s, one run each):"
+  echo "egress = the client sends, ingress = the server sends to the client (\`iperf3 -R\` from the"
+  echo "client). The limits count whole Ethernet frames, so TCP goodput is expected around 0.96 of"
+  echo "the asked rate (1448 bytes of payload in a 1514-byte frame)."
+  echo
+  echo '| asked rate | direction | measured | measured/asked |'
+  echo '|---|---|---|---|'
+  for rate in $rates; do
+    for dir in egress ingress; do
+      v=${raw[rate-$rate:$dir]} d="$dir (client sends)"
+      [ "$dir" = ingress ] && d="$dir (server sends to the client)"
+      printf '| %s | %s | %s Mbit/s | %s |\n' "$rate" "$d" "$v" "$(awk -v v="$v" -v r="${rate%mbit}" 'BEGIN { printf "%.3f", v / r }')"
+    done
+  done
+  echo
+  echo "Cost on \`docker run\`: a plain weft bridge network against one created with"
+  echo "\`${tun_opts[*]}\`, alternating as above."
+  echo
+  echo '| metric | weft bridge, plain | weft bridge, tuned | ratio (tuned/plain) |'
+  echo '|---|---|---|---|'
+  printf '| %s | %s s | %s s | %s |\n' "\`docker run --rm --network N weft-test/busybox true\` wall time (median of $run_reps)" \
+    "${med[tun-run:plain]}" "${med[tun-run:tuned]}" "$(awk -v a="${med[tun-run:tuned]}" -v b="${med[tun-run:plain]}" 'BEGIN { printf "%.2f", a / b }')"
+  echo
+  echo "The rate limits are set up inside Join (a TBF on the host end of the veth, an IFB with a"
+  echo "TBF for what leaves the container), so they are part of the \`docker run\` time. Sysctls"
+  echo "(and offloads) are applied asynchronously after Join, once the container's namespace"
+  echo "and interface exist, so they do not add to \`docker run\` time by design. Before timing,"
+  echo "the run checks on one container of the tuned network that the TBFs are in place and that"
+  echo "\`net.ipv4.tcp_keepalive_time\` reads 600 inside it."
+  echo
   echo "## Notes"
   echo
   echo "- All figures come from one run on one machine and are noisy; absolute values drift"
@@ -344,6 +472,15 @@ mkdir -p docs
     IFS=: read -r key unit label <<<"$m"
     echo "  - $label ($unit): ${raw[$key:builtin]} / ${raw[$key:weft]}"
   done
+  echo "- Raw values, tuning:"
+  for rate in $rates; do
+    echo "  - rate $rate, egress / ingress (Mbit/s, one run each): ${raw[rate-$rate:egress]} / ${raw[rate-$rate:ingress]}"
+  done
+  echo "  - docker run (s), plain / tuned: ${raw[tun-run:plain]} / ${raw[tun-run:tuned]}"
+  if [ -n "$rate_left" ]; then
+    echo "- Left behind after \`docker network disconnect\` of the rate-limited client (the plugin"
+    echo "  should have removed them):$rate_left"
+  fi
 } >"$tmp/benchmarks.md"
 mv "$tmp/benchmarks.md" "$out"
 say "wrote $out (run took ${took} s)"
