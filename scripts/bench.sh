@@ -48,10 +48,17 @@ order() { local a=${2:-builtin} b=${3:-weft}; if (($1 % 2)); then echo "$a $b"; 
 # iperf_bps PID IP [ARG...]: iperf3 -t 5 from the namespace of PID to the
 # server at IP; prints the receiver's bits per second.
 iperf_bps() {
-  local pid=$1 ip=$2
+  local pid=$1 ip=$2 bps try
   shift 2
-  nsenter -t "$pid" -n iperf3 -c "$ip" -t 5 -J "$@" |
-    awk '/"sum_received"/ { f = 1 } f && /"bits_per_second"/ { gsub(/[^0-9.e+]/, "", $2); print $2; exit }'
+  # An iperf3 server takes one test at a time and may still be closing the
+  # previous one ("the server is busy"): try again a few times.
+  for try in 1 2 3 4 5; do
+    bps=$(nsenter -t "$pid" -n iperf3 -c "$ip" -t 5 -J "$@" |
+      awk '/"sum_received"/ { f = 1 } f && /"bits_per_second"/ { gsub(/[^0-9.e+]/, "", $2); print $2; exit }')
+    [ -n "$bps" ] && { echo "$bps"; return 0; }
+    sleep 1
+  done
+  return 0
 }
 
 # Raw per-repetition values, "metric:driver" -> "v1 v2 ...".
