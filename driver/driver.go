@@ -734,9 +734,12 @@ func (d *Driver) Leave(req *network.LeaveRequest) error {
 	if err := tuning.Remove(d.tuningLink(ep)); err != nil {
 		logrus.WithField("endpoint", short(ep.ID)).WithError(err).Warn("removing the endpoint's tuning failed")
 	}
-	if ep.HostIf == "" {
-		// Shaped inside the container: its IFB stays there if the container runs on.
-		d.inside.RemoveInside(ep.Sandbox, "wfi"+short(ep.ID))
+	if n := d.nets[ep.NetworkID]; n != nil && ep.HostIf == "" {
+		// Shaped inside the container: its IFB stays there if the container
+		// runs on. Only then is the namespace worth opening.
+		if ts, err := tuning.Parse(n.Options, ep.Options); err == nil && ts.Shaped() {
+			d.inside.RemoveInside(ep.Sandbox, "wfi"+short(ep.ID))
+		}
 	}
 	if n := d.nets[ep.NetworkID]; n != nil {
 		if t, err := d.typeOf(n); err == nil {

@@ -269,4 +269,12 @@ func TestMacvlanRateLimitInsideContainer(t *testing.T) {
 			t.Errorf("macvlan %s: measured %.1f mbit/s, not within 10%% of 100mbit", dir.name, got/1e6)
 		}
 	}
+	// Disconnecting removes the IFB weft made inside the still-running container.
+	if out := mustDocker(t, "exec", c, "ip", "-o", "link"); !strings.Contains(out, "wfi") {
+		t.Fatalf("no IFB inside the shaped container: %s", out)
+	}
+	mustDocker(t, "network", "disconnect", n, c)
+	if out := mustDocker(t, "exec", c, "ip", "-o", "link"); strings.Contains(out, "wfi") {
+		t.Fatalf("IFB left inside the container after disconnect: %s", out)
+	}
 }
