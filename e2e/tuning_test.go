@@ -106,6 +106,14 @@ func TestTuningDefaultsOverridesAndBadInput(t *testing.T) {
 	if mtu := mustDocker(t, "exec", b, "cat", "/sys/class/net/eth1/mtu"); mtu != "1400" {
 		t.Fatalf("endpoint MTU %s", mtu)
 	}
+	// Newer clients pass endpoint options on docker run too.
+	r := sleeper(t, "--network", "name="+n+",driver-opt=txqueuelen=777,driver-opt=rate.egress=20mbit")
+	if q := mustDocker(t, "exec", r, "cat", "/sys/class/net/eth0/tx_queue_len"); q != "777" {
+		t.Fatalf("docker run --network name=N,driver-opt=txqueuelen=777: txqueuelen %s", q)
+	}
+	if in, out := tuning.Shaping(tuningLinkOf(t, r, n)); in != 50e6 || out != 20e6 {
+		t.Fatalf("docker run driver-opt: ingress %d egress %d, want 50mbit and 20mbit", in, out)
+	}
 
 	linksBefore := weftLinks()
 	c := sleeper(t)

@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 )
@@ -52,4 +55,18 @@ func MACFor(ip netip.Addr) net.HardwareAddr {
 	_, _ = rand.Read(m)
 	m[0] = (m[0] | 0x02) &^ 0x01
 	return m
+}
+
+// DockerdRoots lists /proc/<pid>/root of every dockerd process: with the
+// host's PID namespace (a managed plugin with pidhost), the host's file
+// system as dockerd sees it, reachable without mounting anything.
+func DockerdRoots() []string {
+	var out []string
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		if comm, err := os.ReadFile(filepath.Join("/proc", d.Name(), "comm")); err == nil && strings.TrimSpace(string(comm)) == "dockerd" {
+			out = append(out, filepath.Join("/proc", d.Name(), "root"))
+		}
+	}
+	return out
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/weft-net/weft/driver/bridge"
 	"github.com/weft-net/weft/driver/ipvlan"
 	"github.com/weft-net/weft/driver/macvlan"
+	"github.com/weft-net/weft/driver/sriov"
 	"github.com/weft-net/weft/firewall"
 	"github.com/weft-net/weft/ipamdriver"
 	"github.com/weft-net/weft/netutil"
@@ -41,6 +42,8 @@ type Settings struct {
 	IPTablesBackend string
 	ProcSys         string
 	HostRoot        string
+	SysfsRoot       string
+	SRIOVPF         string
 }
 
 func env(key, def string) string {
@@ -64,6 +67,13 @@ func loadSettings() Settings {
 		// Join's SandboxKey) and a writable /proc/sys are reachable there
 		// without mounting anything. "" when weft runs on the host itself.
 		HostRoot: env("HOST_ROOT", "auto"),
+		// Where SR-IOV VFs are discovered. A managed plugin's own /sys is
+		// read-only, so "auto" is the host's /sys through dockerd's root
+		// (writable, for numvfs), or /sys when no dockerd is found.
+		SysfsRoot: env("SYSFS_ROOT", "auto"),
+		// netlink configures VFs through the PF; record only records the
+		// calls, for tests with a fake SYSFS_ROOT.
+		SRIOVPF: env("SRIOV_PF", "netlink"),
 	}
 }
 
@@ -148,8 +158,12 @@ func run(s Settings) error {
 	if err != nil {
 		return err
 	}
+	vfs, err := sriovType(s)
+	if err != nil {
+		return err
+	}
 	drv, err := driver.New(st, fw, s.Scope, label, &bridge.Type{Scope: label},
-		&macvlan.Type{Scope: label}, &ipvlan.Type{Scope: label})
+		&macvlan.Type{Scope: label}, &ipvlan.Type{Scope: label}, vfs)
 	if err != nil {
 		return err
 	}
@@ -182,6 +196,28 @@ func run(s Settings) error {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
 	}
+}
+
+// sriovType builds the SR-IOV network type from the settings.
+func sriovType(s Settings) (*sriov.Type, error) {
+	root := s.SysfsRoot
+	if root == "auto" {
+		root = "/sys"
+		if r := netutil.DockerdRoots(); len(r) > 0 {
+			root = filepath.Join(r[0], "sys")
+		}
+	}
+	t := &sriov.Type{Sysfs: sriov.Sysfs{Root: root}, VFWait: 10 * time.Second}
+	switch s.SRIOVPF {
+	case "netlink":
+		t.PF = sriov.NetlinkPF{}
+	case "record":
+		t.PF = &sriov.RecordPF{Path: filepath.Join(root, "weft-pf-record.json")}
+		logrus.WithField("file", filepath.Join(root, "weft-pf-record.json")).Warn("SRIOV_PF=record: VF settings are recorded, not applied to any NIC")
+	default:
+		return nil, fmt.Errorf("setting SRIOV_PF=%q: want netlink (configure VFs through the PF) or record (tests: record the calls in SYSFS_ROOT/weft-pf-record.json)", s.SRIOVPF)
+	}
+	return t, nil
 }
 
 // handle registers one protocol call: decode the JSON request, call fn,

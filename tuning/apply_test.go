@@ -1,34 +1,15 @@
 package tuning
 
 import (
-	"os"
-	"runtime"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+
+	"github.com/weft-net/weft/internal/nstest"
 )
 
-// inNewNetns runs fn in a fresh network namespace on a locked thread.
-func inNewNetns(t *testing.T, fn func()) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a network namespace")
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, _ := netns.Get()
-	defer orig.Close()
-	ns, err := netns.New()
-	if err != nil {
-		t.Skipf("cannot create a network namespace: %v", err)
-	}
-	defer ns.Close()
-	defer netns.Set(orig)
-	fn()
-}
-
 func TestApplyAndRemoveOnVeth(t *testing.T) {
-	inNewNetns(t, func() {
+	nstest.Run(t, func() {
 		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "wfhtest", MTU: 1500}, PeerName: "wfctest"}); err != nil {
 			t.Fatal(err)
 		}

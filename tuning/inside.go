@@ -15,6 +15,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/netutil"
 )
 
 // Prefixes of the options that are applied inside the container's
@@ -143,14 +145,7 @@ func (in Inside) roots() []string {
 	if in.HostRoot != "auto" {
 		return []string{in.HostRoot}
 	}
-	var out []string
-	dirs, _ := os.ReadDir("/proc")
-	for _, d := range dirs {
-		if comm, err := os.ReadFile(filepath.Join("/proc", d.Name(), "comm")); err == nil && strings.TrimSpace(string(comm)) == "dockerd" {
-			out = append(out, filepath.Join("/proc", d.Name(), "root"))
-		}
-	}
-	return out
+	return netutil.DockerdRoots()
 }
 
 const nsfsMagic = 0x6e736673

@@ -39,6 +39,9 @@ type Endpoint struct {
 	Joined    bool
 	Sandbox   string
 	Ports     []PortBinding // published ports, as programmed
+	// State is what the type decided for the endpoint and must find again
+	// (e.g. the SR-IOV VF it took and that VF's settings before).
+	State map[string]string `json:",omitempty"`
 }
 
 // PortBinding is Docker's port-mapping entry (libnetwork types.PortBinding).
