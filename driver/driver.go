@@ -261,9 +261,57 @@ func (d *Driver) GetCapabilities() (*network.CapabilitiesResponse, error) {
 	return &network.CapabilitiesResponse{Scope: d.scope, ConnectivityScope: d.scope}, nil
 }
 
-// AllocateNetwork implements network.Driver.
-func (d *Driver) AllocateNetwork(*network.AllocateNetworkRequest) (*network.AllocateNetworkResponse, error) {
-	return nil, errors.New("weft: swarm networks need the swarm instance of weft (SCOPE=global), which is not available yet")
+// checkOptions finds the network type of -o options and checks the keys
+// and tuning values.
+func (d *Driver) checkOptions(opts map[string]string) (string, api.NetworkType, error) {
+	typ := opts[optType]
+	if typ == "" {
+		typ = "bridge"
+	}
+	t, ok := d.types[typ]
+	if !ok {
+		names := make([]string, 0, len(d.types))
+		for n := range d.types {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		if d.scope == "global" && opts[optType] == "" {
+			return "", nil, fmt.Errorf("weft's swarm instance needs option type: one of %s (bridge networks are local: use the local weft instance)", strings.Join(names, ", "))
+		}
+		msg := fmt.Sprintf("option type=%s: unknown network type", typ)
+		if s := api.Closest(typ, names); s != "" {
+			msg += fmt.Sprintf(" (did you mean %q?)", s)
+		}
+		return "", nil, fmt.Errorf("%s; this weft instance (scope %s) supports: %s", msg, d.scope, strings.Join(names, ", "))
+	}
+	if err := api.CheckKeys("option", withoutInside(opts), append(append([]string{optType}, t.Options()...), tuning.NetworkKeys()...)); err != nil {
+		return "", nil, err
+	}
+	if _, err := tuning.Parse(opts, nil); err != nil {
+		return "", nil, err
+	}
+	return typ, t, nil
+}
+
+// AllocateNetwork implements network.Driver. It runs on the swarm manager,
+// which passes the nodes only what it returns: so the user's options go
+// back, checked here so that a mistake fails `docker network create`
+// rather than every task later.
+func (d *Driver) AllocateNetwork(req *network.AllocateNetworkRequest) (*network.AllocateNetworkResponse, error) {
+	if d.scope != "global" {
+		return nil, errors.New("swarm networks need weft's swarm instance: install the plugin a second time with SCOPE=global (e.g. as weft-swarm) and use that")
+	}
+	opts := map[string]string{}
+	for k, v := range req.Options {
+		if !strings.HasPrefix(k, "com.docker.network.") || k == "com.docker.network.driver.mtu" {
+			opts[k] = v
+		}
+	}
+	if _, _, err := d.checkOptions(opts); err != nil {
+		return nil, err
+	}
+	logrus.WithFields(logrus.Fields{"network": short(req.NetworkID), "options": fmt.Sprint(opts)}).Info("swarm network allocated")
+	return &network.AllocateNetworkResponse{Options: opts}, nil
 }
 
 // FreeNetwork implements network.Driver.
@@ -351,27 +399,8 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	if err != nil {
 		return err
 	}
-	typ := opts[optType]
-	if typ == "" {
-		typ = "bridge"
-	}
-	t, ok := d.types[typ]
-	if !ok {
-		names := make([]string, 0, len(d.types))
-		for n := range d.types {
-			names = append(names, n)
-		}
-		sort.Strings(names)
-		msg := fmt.Sprintf("option type=%s: unknown network type", typ)
-		if s := api.Closest(typ, names); s != "" {
-			msg += fmt.Sprintf(" (did you mean %q?)", s)
-		}
-		return fmt.Errorf("%s; this weft supports: %s", msg, strings.Join(names, ", "))
-	}
-	if err := api.CheckKeys("option", withoutInside(opts), append(append([]string{optType}, t.Options()...), tuning.NetworkKeys()...)); err != nil {
-		return err
-	}
-	if _, err := tuning.Parse(opts, nil); err != nil {
+	typ, t, err := d.checkOptions(opts)
+	if err != nil {
 		return err
 	}
 	n := &api.Network{ID: req.NetworkID, Type: typ, Options: opts,
@@ -637,6 +666,13 @@ func (d *Driver) EndpointInfo(req *network.InfoRequest) (*EndpointOperInfo, erro
 	if n := d.nets[ep.NetworkID]; n != nil {
 		if ts, err := tuning.Parse(n.Options, ep.Options); err == nil && ts.String() != "" {
 			v["weft.tuning"] = ts.String()
+		}
+		if t, err := d.typeOf(n); err == nil {
+			if desc, ok := t.(api.Describer); ok {
+				for k, s := range desc.Describe(n, ep) {
+					v[k] = s
+				}
+			}
 		}
 	}
 	if len(ep.Ports) > 0 {

@@ -5,9 +5,12 @@ package e2e
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	osexec "os/exec"
 	"path/filepath"
@@ -364,4 +367,31 @@ func eventually(t testing.TB, timeout time.Duration, what string, fn func() erro
 func exec(name string, args ...string) (string, error) {
 	out, err := osexec.Command(name, args...).CombinedOutput()
 	return strings.TrimSpace(string(out)), err
+}
+
+// operInfo asks the plugin for an endpoint's operational info over its
+// socket, the call dockerd makes for inspect and on restore.
+func operInfo(t testing.TB, c, netName string) map[string]interface{} {
+	t.Helper()
+	id := mustDocker(t, "plugin", "inspect", "-f", "{{.Id}}", plugin)
+	sock := filepath.Join("/run/docker/plugins", id, "weft.sock")
+	cl := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		}}}
+	ep := mustDocker(t, "inspect", "-f", fmt.Sprintf(`{{(index .NetworkSettings.Networks %q).EndpointID}}`, netName), c)
+	body := fmt.Sprintf(`{"NetworkID":%q,"EndpointID":%q}`, netID(t, netName), ep)
+	resp, err := cl.Post("http://plugin/NetworkDriver.EndpointOperInfo", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("EndpointOperInfo: %v", err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Value map[string]interface{}
+		Err   string
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || out.Err != "" {
+		t.Fatalf("EndpointOperInfo: %v %s", err, out.Err)
+	}
+	return out.Value
 }

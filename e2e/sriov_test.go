@@ -124,6 +124,9 @@ func TestSRIOV(t *testing.T) {
 		t.Errorf("PF told %+v for VF %d, want %+v", cfg, vf1, want)
 	}
 	vf2, _ := vfOf(t, mustDocker(t, "exec", c2, "cat", "/sys/class/net/eth0/address"))
+	if info := operInfo(t, c1, n); info["weft.sriov.vf"] != fmt.Sprint(vf1) || info["weft.sriov.pf"] != fakePF {
+		t.Errorf("operational info %v does not name VF %d of %s", info, vf1, fakePF)
+	}
 	if vf1 == vf2 {
 		t.Fatalf("two containers share VF %d", vf1)
 	}

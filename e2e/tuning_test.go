@@ -103,6 +103,9 @@ func TestTuningDefaultsOverridesAndBadInput(t *testing.T) {
 	if in != 50e6 || out != 10e6 {
 		t.Fatalf("override: ingress %d egress %d, want 50mbit and 10mbit", in, out)
 	}
+	if got, _ := operInfo(t, b, n)["weft.tuning"].(string); !strings.Contains(got, "rate.egress=10mbit") || !strings.Contains(got, "rate.ingress=50mbit") || !strings.Contains(got, "mtu=1400") {
+		t.Fatalf("operational info weft.tuning = %q, want the effective egress 10mbit, ingress 50mbit, mtu 1400", got)
+	}
 	if mtu := mustDocker(t, "exec", b, "cat", "/sys/class/net/eth1/mtu"); mtu != "1400" {
 		t.Fatalf("endpoint MTU %s", mtu)
 	}
@@ -193,6 +196,18 @@ func TestSysctlsAndOffloadsInsideContainer(t *testing.T) {
 	if tso := featureIn(t, c, "eth0", "tx-tcp-segmentation"); tso {
 		t.Fatal("offload.tso=off but TSO is on inside the container")
 	}
+	// What was applied is in the endpoint's operational info.
+	eventually(t, 5*time.Second, "operational info", func() error {
+		info := operInfo(t, c, n)
+		in, _ := info["weft.tuning.inside"].(string)
+		if !strings.HasPrefix(in, "applied: ") || !strings.Contains(in, "net.ipv4.tcp_keepalive_time=600") || !strings.Contains(in, "net.ipv4.conf.eth0.rp_filter=2") || !strings.Contains(in, "tx-tcp-segmentation=false") {
+			return fmt.Errorf("weft.tuning.inside = %q", in)
+		}
+		if want, _ := info["weft.tuning"].(string); !strings.Contains(want, "sysctl.net.ipv4.conf.IFNAME.rp_filter=2") {
+			return fmt.Errorf("weft.tuning = %q", want)
+		}
+		return nil
+	})
 	// The host keeps its own value.
 	if hostKa := sh(t, "cat /proc/sys/net/ipv4/tcp_keepalive_time"); hostKa == "600" {
 		t.Fatal("the host's sysctl changed")

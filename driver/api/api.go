@@ -103,6 +103,12 @@ type HostShaper interface {
 	HostSideShaping() bool
 }
 
+// Describer is implemented by types with endpoint facts worth showing in
+// the endpoint's operational info (e.g. which SR-IOV VF it holds).
+type Describer interface {
+	Describe(n *Network, ep *Endpoint) map[string]string
+}
+
 // AliasPrefix starts the alias weft sets on every link it creates, so that
 // leftovers are recognisable even with user-chosen names.
 const AliasPrefix = "weft:"

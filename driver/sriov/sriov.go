@@ -453,6 +453,14 @@ func (t *Type) Reconcile(n *api.Network, eps []*api.Endpoint) error {
 	return err
 }
 
+// Describe implements api.Describer: which VF the endpoint holds.
+func (t *Type) Describe(n *api.Network, ep *api.Endpoint) map[string]string {
+	if ep.State[epVF] == "" {
+		return nil
+	}
+	return map[string]string{"weft.sriov.pf": n.State[stPF], "weft.sriov.vf": ep.State[epVF], "weft.sriov.vf_name": ep.State[epVFName]}
+}
+
 // Firewall implements api.NetworkType: VF traffic bypasses the host.
 func (t *Type) Firewall(*api.Network, []*api.Endpoint) *firewall.Network { return nil }
 
