@@ -4,7 +4,7 @@ GO          ?= go
 GOFLAGS_BLD := -tags nosystemd -trimpath
 BIN         := bin/weft
 
-.PHONY: all build rootfs plugin-dir install uninstall demo test deps unit e2e test-kernel bench clean
+.PHONY: all build rootfs plugin-dir install uninstall demo test deps unit e2e test-kernel test-swarm bench clean
 
 all: build
 
@@ -33,7 +33,7 @@ demo:
 	scripts/demo.sh
 
 # Second README command: the whole suite, as CI runs it.
-test: deps unit e2e test-kernel
+test: deps unit e2e test-kernel test-swarm
 
 # Debian packages the tests use (docker.io, iptables, busybox-static, ...).
 deps:
@@ -42,7 +42,7 @@ deps:
 unit:
 	$(GO) vet -tags nosystemd ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
-	$(GO) test -tags nosystemd -count=1 $$($(GO) list -tags nosystemd ./... | grep -v -e /e2e -e /kernellab)
+	$(GO) test -tags nosystemd -count=1 $$($(GO) list -tags nosystemd ./... | grep -v -e /e2e -e /kernellab -e /swarmtest)
 
 e2e:
 	scripts/e2e.sh
@@ -51,6 +51,11 @@ e2e:
 # Debian's kernel under qemu.
 test-kernel:
 	scripts/kernel-lab.sh
+
+# Swarm: three dockerd hosts in network namespaces form a swarm, with the
+# plugin installed on each as weft-swarm:latest (SCOPE=global).
+test-swarm:
+	scripts/swarm-test.sh
 
 bench:
 	scripts/bench.sh

@@ -59,6 +59,11 @@ type Config struct {
 	// addresses) so automatic subnets avoid them. Nil means
 	// HostPrefixesNetlink.
 	HostPrefixes func() ([]netip.Prefix, error)
+	// Swarm is set for the swarm (SCOPE=global) instance: swarmkit on the
+	// manager allocates in the global address space and each node asks
+	// again, in the local space, for the subnet, gateway and addresses the
+	// manager chose, and a restarted manager replays its allocations.
+	Swarm bool
 }
 
 // Driver implements ipam.Ipam.
@@ -66,6 +71,7 @@ type Driver struct {
 	st           *store.Store
 	defaults     []PoolSpec
 	hostPrefixes func() ([]netip.Prefix, error)
+	swarm        bool
 
 	mu    sync.Mutex // guards pools and everything inside them
 	pools map[string]*pool
@@ -163,6 +169,7 @@ func New(st *store.Store, cfg Config) (*Driver, error) {
 		st:           st,
 		defaults:     append([]PoolSpec(nil), defaults...),
 		hostPrefixes: hp,
+		swarm:        cfg.Swarm,
 		pools:        map[string]*pool{},
 	}
 	if err := d.load(); err != nil {
@@ -329,6 +336,16 @@ func (d *Driver) RequestPool(req *ipam.RequestPoolRequest) (*ipam.RequestPoolRes
 		}
 	} else {
 		for _, p := range d.sortedPools() {
+			if d.swarm && p.rec.AddressSpace == req.AddressSpace && p.prefix == pfx && p.sub == sub {
+				// The swarm manager's allocator asks again for what it
+				// already holds when it starts (or a new leader takes over).
+				return &ipam.RequestPoolResponse{PoolID: p.id, Pool: pfx.String(), Data: map[string]string{}}, nil
+			}
+			// The manager (global address space) and this node (local
+			// space) each hold a swarm network's subnet.
+			if d.swarm && p.rec.AddressSpace != req.AddressSpace {
+				continue
+			}
 			if p.prefix.Overlaps(pfx) {
 				return nil, fmt.Errorf("--subnet %s overlaps %s, which weft already uses for another network: choose a different --subnet", pfx, p.prefix)
 			}
@@ -531,7 +548,7 @@ func (d *Driver) checkStatic(p *pool, s, kind string) (netip.Addr, error) {
 	if why := reservedReason(p.prefix, a); why != "" {
 		return netip.Addr{}, fmt.Errorf("address %s is %s of subnet %s and cannot be assigned: choose another %s", a, why, p.prefix, flag)
 	}
-	if k, used := p.addrs[a]; used {
+	if k, used := p.addrs[a]; used && !d.swarm {
 		msg := fmt.Sprintf("address %s is already in use on network pool %s", a, p.prefix)
 		if k == kindGateway {
 			msg += " (it is the network's gateway)"

@@ -661,3 +661,44 @@ func TestMain(m *testing.M) {
 	logrus.SetLevel(logrus.WarnLevel)
 	os.Exit(m.Run())
 }
+
+// TestSwarmInstanceServesManagerAndNode: on a swarm manager that also runs
+// tasks, swarmkit (global address space) and the node's libnetwork (local
+// space) both ask the swarm instance for the same subnet, gateway and
+// addresses, and a restarted manager asks again for what it holds.
+func TestSwarmInstanceServesManagerAndNode(t *testing.T) {
+	f := newFixture(t)
+	f.cfg.Swarm = true
+	f.restart()
+	mgr := f.pool(ipam.RequestPoolRequest{AddressSpace: GlobalAddressSpace, Pool: "10.30.0.0/24"})
+	node := f.pool(ipam.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: "10.30.0.0/24"})
+	if mgr.PoolID == node.PoolID {
+		t.Fatalf("manager and node share pool %s", mgr.PoolID)
+	}
+	if again := f.pool(ipam.RequestPoolRequest{AddressSpace: GlobalAddressSpace, Pool: "10.30.0.0/24"}); again.PoolID != mgr.PoolID {
+		t.Errorf("replayed manager request got %s, want %s", again.PoolID, mgr.PoolID)
+	}
+	if _, err := f.d.RequestPool(&ipam.RequestPoolRequest{AddressSpace: GlobalAddressSpace, Pool: "10.30.0.0/25"}); err == nil || !strings.Contains(err.Error(), "overlaps") {
+		t.Errorf("an overlapping swarm subnet: %v", err)
+	}
+	a, err := f.d.RequestAddress(&ipam.RequestAddressRequest{PoolID: mgr.PoolID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := f.d.RequestAddress(&ipam.RequestAddressRequest{PoolID: mgr.PoolID})
+	if err != nil || b.Address == a.Address {
+		t.Fatalf("second automatic address %v (%v), first %s", b, err, a.Address)
+	}
+	ip := strings.Split(a.Address, "/")[0]
+	for _, pool := range []string{node.PoolID, mgr.PoolID} { // the node's copy, then the manager's replay
+		if got, err := f.d.RequestAddress(&ipam.RequestAddressRequest{PoolID: pool, Address: ip}); err != nil || got.Address != a.Address {
+			t.Errorf("pool %s: asking for %s again: %v %v", pool, ip, got, err)
+		}
+	}
+	// A local instance keeps refusing both.
+	l := newFixture(t)
+	l.pool(ipam.RequestPoolRequest{Pool: "10.31.0.0/24"})
+	if _, err := l.d.RequestPool(&ipam.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: "10.31.0.0/24"}); err == nil {
+		t.Error("local instance accepted the same subnet twice")
+	}
+}

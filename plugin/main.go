@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -21,6 +20,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/weft-net/weft/driver"
+	"github.com/weft-net/weft/driver/api"
 	"github.com/weft-net/weft/driver/bridge"
 	"github.com/weft-net/weft/driver/ipvlan"
 	"github.com/weft-net/weft/driver/macvlan"
@@ -95,11 +95,9 @@ func run(s Settings) error {
 	logrus.SetOutput(os.Stdout)
 	logrus.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, DisableColors: true})
 	switch s.Scope {
-	case "local":
-	case "global":
-		return errors.New("setting SCOPE=global: swarm networks are not available in this version of weft yet; use SCOPE=local")
+	case "local", "global":
 	default:
-		return fmt.Errorf("setting SCOPE=%q: want local (global is for swarm, not available yet)", s.Scope)
+		return fmt.Errorf("setting SCOPE=%q: want local (networks on this host) or global (the swarm instance: install a second copy, e.g. as weft-swarm, with SCOPE=global)", s.Scope)
 	}
 	pools, err := ipamdriver.ParsePools(s.DefaultPools)
 	if err != nil {
@@ -124,7 +122,13 @@ func run(s Settings) error {
 	}
 	defer st.Close()
 
-	backend, why, err := firewall.DetectBackend(s.IPTablesBackend)
+	iptBackend := s.IPTablesBackend
+	if s.Scope == "global" {
+		// The swarm instance's types (macvlan, ipvlan) need no rules, and
+		// its chains must not be the local instance's on the same host.
+		iptBackend = "none"
+	}
+	backend, why, err := firewall.DetectBackend(iptBackend)
 	if err != nil {
 		return err
 	}
@@ -150,7 +154,7 @@ func run(s Settings) error {
 	}
 	logrus.WithFields(logrus.Fields{"backend": backend, "why": why}).Info("iptables backend chosen")
 
-	ipd, err := ipamdriver.New(st, ipamdriver.Config{DefaultPools: pools})
+	ipd, err := ipamdriver.New(st, ipamdriver.Config{DefaultPools: pools, Swarm: s.Scope == "global"})
 	if err != nil {
 		return err
 	}
@@ -162,8 +166,12 @@ func run(s Settings) error {
 	if err != nil {
 		return err
 	}
-	drv, err := driver.New(st, fw, s.Scope, label, &bridge.Type{Scope: label},
-		&macvlan.Type{Scope: label}, &ipvlan.Type{Scope: label}, vfs)
+	types := []api.NetworkType{&macvlan.Type{Scope: label}, &ipvlan.Type{Scope: label}}
+	if s.Scope == "local" {
+		// Swarm networks span hosts: a bridge or a host's VF does not.
+		types = append(types, &bridge.Type{Scope: label}, vfs)
+	}
+	drv, err := driver.New(st, fw, s.Scope, label, types...)
 	if err != nil {
 		return err
 	}
