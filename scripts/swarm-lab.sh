@@ -121,8 +121,8 @@ down() {
   for i in $(seq "$hosts"); do
     pid=$(pidof_host "$i" || true)
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-      # Leave the swarm and drop containers and plugins first, so nothing
-      # of weft's stays in the namespaces' kernels... which go anyway.
+      # Remove containers first: dockerd's shutdown would stop them, but
+      # removing them also releases their endpoints through the plugin.
       timeout 20 nsenter -t "$pid" -m -n sh -c 'docker rm -f $(docker ps -aq) ; docker swarm leave -f' >/dev/null 2>&1 || true
       kill "$pid" 2>/dev/null || true
       for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
@@ -132,8 +132,6 @@ down() {
     ip link del "wfswh$i" 2>/dev/null || true
     umount -l "$run/cg-h$i" 2>/dev/null || true
   done
-  # containerd-shims of the hosts' containers outlive their dockerd.
-  pkill -f "containerd-shim.*$data" 2>/dev/null || true
   ip link del "$br" 2>/dev/null || true
   iptables -D FORWARD -i "$br" -o "$br" -j ACCEPT 2>/dev/null || true
   rm -rf "$run" "$data"

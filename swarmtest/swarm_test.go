@@ -226,6 +226,11 @@ func TestSwarmMacvlanServiceAcrossHosts(t *testing.T) {
 			if out, _ := hostDocker(h, "network", "ls", "-q", "--filter", "driver="+plugin); out != "" {
 				return fmt.Errorf("networks left: %s", out)
 			}
+			// The swarm instance installs no rules: a local instance's
+			// chains on the same host stay its own.
+			if out, _ := osexec.Command("ip", "netns", "exec", fmt.Sprintf("wfsw-h%d", h), "iptables-save").CombinedOutput(); strings.Contains(string(out), "WEFT") {
+				return fmt.Errorf("weft iptables rules in the swarm host: %s", out)
+			}
 			return nil
 		})
 	}
