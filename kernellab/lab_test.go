@@ -205,9 +205,9 @@ func asList(v any) []any {
 
 // ping runs busybox ping inside c's namespace.
 func (c *container) ping(target string) bool {
-	f := os.NewFile(uintptr(c.ns), "netns")
-	cmd := exec.Command("nsenter", "--net=/proc/self/fd/3", "ping", "-c", "1", "-W", "2", target)
-	cmd.ExtraFiles = []*os.File{f}
+	// By path through this process's fd table: wrapping the fd in an
+	// os.File would close it (and whatever reuses its number) when collected.
+	cmd := exec.Command("nsenter", fmt.Sprintf("--net=/proc/%d/fd/%d", os.Getpid(), int(c.ns)), "ping", "-c", "1", "-W", "2", target)
 	return cmd.Run() == nil
 }
 
