@@ -14,6 +14,7 @@ import (
 	"log"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -146,7 +147,7 @@ func (c *Cluster) SetEntries(es []Entry) {
 	})
 	c.mu.Lock()
 	old := c.tables[c.cfg.Name]
-	if equalEntries(old.Entries, es) {
+	if slices.Equal(old.Entries, es) {
 		c.mu.Unlock()
 		return
 	}
@@ -167,18 +168,6 @@ func (c *Cluster) SetWG(key string) error {
 		return fmt.Errorf("announce WireGuard key: %w", err)
 	}
 	return nil
-}
-
-func equalEntries(a, b []Entry) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // Peer is another live member with its endpoints.
