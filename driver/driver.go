@@ -307,18 +307,60 @@ func (d *Driver) AllocateNetwork(req *network.AllocateNetworkRequest) (*network.
 			opts[k] = v
 		}
 	}
-	if _, _, err := d.checkOptions(opts); err != nil {
+	_, t, err := d.checkOptions(opts)
+	if err != nil {
 		return nil, err
 	}
-	logrus.WithFields(logrus.Fields{"network": short(req.NetworkID), "options": fmt.Sprint(opts)}).Info("swarm network allocated")
+	if a, ok := t.(api.Allocator); ok {
+		if opts, err = a.Allocate(req.NetworkID, opts); err != nil {
+			return nil, err
+		}
+	}
+	shown := map[string]string{}
+	for k, v := range opts {
+		if strings.Contains(k, "key") {
+			v = "(secret)"
+		}
+		shown[k] = v
+	}
+	logrus.WithFields(logrus.Fields{"network": short(req.NetworkID), "options": fmt.Sprint(shown)}).Info("swarm network allocated")
 	return &network.AllocateNetworkResponse{Options: opts}, nil
 }
 
-// FreeNetwork implements network.Driver.
-func (d *Driver) FreeNetwork(*network.FreeNetworkRequest) error { return nil }
+// FreeNetwork implements network.Driver. The request names no type: every
+// allocating type forgets the network (a no-op for the others).
+func (d *Driver) FreeNetwork(req *network.FreeNetworkRequest) error {
+	var errs []error
+	for _, t := range d.types {
+		if a, ok := t.(api.Allocator); ok {
+			errs = append(errs, a.Free(req.NetworkID))
+		}
+	}
+	return errors.Join(errs...)
+}
 
-// DiscoverNew implements network.Driver.
-func (d *Driver) DiscoverNew(*network.DiscoveryNotification) error { return nil }
+// DiscoverNew implements network.Driver: node discovery (type 1) tells
+// this node's own address (Self), which the overlay's control plane uses.
+func (d *Driver) DiscoverNew(req *network.DiscoveryNotification) error {
+	if req.DiscoveryType != 1 {
+		return nil
+	}
+	m, ok := req.DiscoveryData.(map[string]interface{})
+	if !ok {
+		return nil
+	}
+	addr, _ := m["Address"].(string)
+	self, _ := m["Self"].(bool)
+	if addr == "" {
+		return nil
+	}
+	for _, t := range d.types {
+		if dt, ok := t.(api.Discoverer); ok {
+			dt.Discovered(addr, self)
+		}
+	}
+	return nil
+}
 
 // DiscoverDelete implements network.Driver.
 func (d *Driver) DiscoverDelete(*network.DiscoveryNotification) error { return nil }

@@ -4,12 +4,14 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -24,6 +26,7 @@ import (
 	"github.com/weft-net/weft/driver/bridge"
 	"github.com/weft-net/weft/driver/ipvlan"
 	"github.com/weft-net/weft/driver/macvlan"
+	"github.com/weft-net/weft/driver/overlay"
 	"github.com/weft-net/weft/driver/sriov"
 	"github.com/weft-net/weft/firewall"
 	"github.com/weft-net/weft/ipamdriver"
@@ -44,6 +47,12 @@ type Settings struct {
 	HostRoot        string
 	SysfsRoot       string
 	SRIOVPF         string
+	// Swarm instance, overlay networks.
+	GossipPort string
+	VXLANPort  string
+	WGPort     string
+	WGBackend  string
+	GossipKey  string
 }
 
 func env(key, def string) string {
@@ -74,6 +83,13 @@ func loadSettings() Settings {
 		// netlink configures VFs through the PF; record only records the
 		// calls, for tests with a fake SYSFS_ROOT.
 		SRIOVPF: env("SRIOV_PF", "netlink"),
+		// Ports of the overlay: not Docker's (7946, 4789), so weft's
+		// overlay and Docker's can run on the same hosts.
+		GossipPort: env("GOSSIP_PORT", "7947"),
+		VXLANPort:  env("VXLAN_PORT", "4800"),
+		WGPort:     env("WG_PORT", "51830"),
+		WGBackend:  env("WG_BACKEND", "auto"),
+		GossipKey:  env("GOSSIP_KEY", ""),
 	}
 }
 
@@ -167,9 +183,16 @@ func run(s Settings) error {
 		return err
 	}
 	types := []api.NetworkType{&macvlan.Type{Scope: label}, &ipvlan.Type{Scope: label}}
+	var ovl *overlay.Type
 	if s.Scope == "local" {
 		// Swarm networks span hosts: a bridge or a host's VF does not.
 		types = append(types, &bridge.Type{Scope: label}, vfs)
+	} else {
+		if ovl, err = overlayType(s, st, label); err != nil {
+			return err
+		}
+		defer ovl.Shutdown()
+		types = append(types, ovl)
 	}
 	drv, err := driver.New(st, fw, s.Scope, label, types...)
 	if err != nil {
@@ -204,6 +227,57 @@ func run(s Settings) error {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
 	}
+}
+
+// overlayType builds the swarm instance's overlay type from the settings.
+func overlayType(s Settings, st *store.Store, label string) (*overlay.Type, error) {
+	var cfg overlay.Settings
+	for _, p := range []struct {
+		name, val string
+		dst       *int
+	}{{"GOSSIP_PORT", s.GossipPort, &cfg.GossipPort}, {"VXLAN_PORT", s.VXLANPort, &cfg.VXLANPort}, {"WG_PORT", s.WGPort, &cfg.WGPort}} {
+		v, err := strconv.Atoi(p.val)
+		if err != nil || v < 1 || v > 65535 {
+			return nil, fmt.Errorf("setting %s=%q: want a UDP/TCP port, 1 to 65535", p.name, p.val)
+		}
+		*p.dst = v
+	}
+	switch s.WGBackend {
+	case "auto":
+	case "kernel", "userspace":
+		cfg.WGBackend = s.WGBackend
+	default:
+		return nil, fmt.Errorf("setting WG_BACKEND=%q: want auto (kernel WireGuard when the kernel has it, else wireguard-go), kernel or userspace", s.WGBackend)
+	}
+	if s.GossipKey != "" {
+		k, err := base64.StdEncoding.DecodeString(s.GossipKey)
+		if err != nil || (len(k) != 16 && len(k) != 24 && len(k) != 32) {
+			return nil, fmt.Errorf("setting GOSSIP_KEY: want 16, 24 or 32 random bytes in base64 (e.g. head -c 32 /dev/urandom | base64)")
+		}
+		cfg.ClusterKey = k
+	}
+	cfg.KeyFile = filepath.Join(s.StateDir, "wireguard-"+s.Scope+".key")
+	backend, _, err := firewall.DetectBackend(s.IPTablesBackend)
+	if err != nil {
+		return nil, err
+	}
+	var rules overlay.IPTablesRules
+	if backend != "none" {
+		v4, v6, err6, err := firewall.Open(backend)
+		if err != nil {
+			return nil, err
+		}
+		if err6 != nil {
+			logrus.WithError(err6).Warn("ip6tables unavailable: encrypted overlay networks cannot be created")
+		}
+		rules = overlay.IPTablesRules{V4: v4, V6: v6}
+	}
+	id, err := st.InstanceID()
+	if err != nil {
+		return nil, err
+	}
+	host, _ := os.Hostname()
+	return &overlay.Type{Scope: label, Member: host + "-" + id, Cfg: cfg, St: st, Rules: rules}, nil
 }
 
 // sriovType builds the SR-IOV network type from the settings.

@@ -14,17 +14,24 @@
 # Services should name the test image by ID (docker image inspect -f
 # '{{.Id}}' weft-test/busybox) with --no-resolve-image: a name makes every
 # node try to pull it first.
+#
+# WEFT_SWARM_LAB (default sw) names a lab, so two can run side by side (the
+# benchmark uses its own): namespaces wf<LAB>-h<N>, bridge wf<LAB>br,
+# /run/weft-<LAB>, /var/lib/weft-<LAB>. WEFT_SWARM_NET is its /24 underlay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd) # nsenter -m starts in the target's working directory
 hosts=${WEFT_SWARM_HOSTS:-3}
-run=/run/weft-swarm
-data=/var/lib/weft-swarm
-br=wfswbr
-underlay=198.19.7 # .1 .. .N are the hosts, .254 the lab bridge
+lab=${WEFT_SWARM_LAB:-sw}
+run=/run/weft-$lab
+[ "$lab" = sw ] && run=/run/weft-swarm
+data=/var/lib/weft-$lab
+[ "$lab" = sw ] && data=/var/lib/weft-swarm
+br=wf${lab}br
+underlay=${WEFT_SWARM_NET:-198.19.7} # .1 .. .N are the hosts, .254 the lab bridge
 plugin=weft-swarm:latest
 
-ns() { echo "wfsw-h$1"; }
+ns() { echo "wf$lab-h$1"; }
 pidof_host() { cat "$run/h$1.pid" 2>/dev/null; }
 hdocker() { # hdocker N ARGS...: the docker CLI inside host N's namespaces
   local n=$1
@@ -35,8 +42,8 @@ hdocker() { # hdocker N ARGS...: the docker CLI inside host N's namespaces
 start_host() {
   local i=$1
   ip netns add "$(ns "$i")"
-  ip link add "wfswh$i" type veth peer name eth0 netns "$(ns "$i")"
-  ip link set "wfswh$i" master "$br" up
+  ip link add "wf${lab}h$i" type veth peer name eth0 netns "$(ns "$i")"
+  ip link set "wf${lab}h$i" master "$br" up
   ip -n "$(ns "$i")" link set lo up
   ip -n "$(ns "$i")" addr add "$underlay.$i/24" dev eth0
   ip -n "$(ns "$i")" link set eth0 up
@@ -129,7 +136,7 @@ down() {
       kill -9 "$pid" 2>/dev/null || true
     fi
     ip netns del "$(ns "$i")" 2>/dev/null || true
-    ip link del "wfswh$i" 2>/dev/null || true
+    ip link del "wf${lab}h$i" 2>/dev/null || true
     umount -l "$run/cg-h$i" 2>/dev/null || true
   done
   ip link del "$br" 2>/dev/null || true

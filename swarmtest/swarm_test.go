@@ -140,11 +140,19 @@ func allReachAll(t *testing.T, ts []task) {
 		}
 		seen[x.ip] = x
 	}
+	failed := false
 	for _, a := range ts {
 		for _, b := range ts {
 			if a.id != b.id && !ping(a, b.ip) {
+				failed = true
 				t.Errorf("task on host %d (%s) cannot reach task on host %d (%s)", a.host, a.ip, b.host, b.ip)
 			}
+		}
+	}
+	if failed {
+		// What the overlay's control plane had programmed, for the post-mortem.
+		for h := 1; h <= hosts; h++ {
+			t.Logf("host %d forwarding entries:\n%s", h, inHost(h, "sh", "-c", "bridge fdb show | grep 'dev wfvx.*dst'; ip neigh show | grep wfvx"))
 		}
 	}
 }
@@ -246,7 +254,10 @@ func TestSwarmGlobalServiceAndBadInput(t *testing.T) {
 		want string
 	}{
 		{[]string{"--subnet", "198.19.9.0/24"}, "weft's swarm instance needs option type"},
-		{[]string{"-o", "type=bridge", "--subnet", "198.19.9.0/24"}, "option type=bridge: unknown network type; this weft instance (scope global) supports: ipvlan, macvlan"},
+		{[]string{"-o", "type=bridge", "--subnet", "198.19.9.0/24"}, "option type=bridge: unknown network type; this weft instance (scope global) supports: ipvlan, macvlan, overlay"},
+		{[]string{"-o", "type=overlay", "-o", "encrypted=maybe", "--subnet", "198.19.9.0/24"}, "option encrypted=\\\"maybe\\\": give -o encrypted"},
+		{[]string{"-o", "type=overlay", "-o", "weft.vni=42", "--subnet", "198.19.9.0/24"}, "option weft.vni is set by weft's swarm manager"},
+		{[]string{"-o", "type=overlay", "-o", "mtu=99999", "--subnet", "198.19.9.0/24"}, "mtu"},
 		{[]string{"-o", "type=macvlan", "-o", "macvlan_mod=bridge", "--subnet", "198.19.9.0/24"}, `did you mean \"macvlan_mode\"`},
 		{[]string{"-o", "type=macvlan", "-o", "rate.egress=fast", "--subnet", "198.19.9.0/24"}, "rate.egress"},
 	} {
@@ -267,22 +278,7 @@ func TestSwarmGlobalServiceAndBadInput(t *testing.T) {
 }
 
 // managerLogHas looks for a line of the manager's dockerd log holding all parts.
-func managerLogHas(parts ...string) error {
-	b, err := os.ReadFile("/var/lib/weft-swarm/h1/dockerd.log")
-	if err != nil {
-		return err
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		ok := true
-		for _, p := range parts {
-			ok = ok && strings.Contains(l, p)
-		}
-		if ok {
-			return nil
-		}
-	}
-	return fmt.Errorf("no line in the manager's log has %q", parts)
-}
+func managerLogHas(parts ...string) error { return hostLogHas(1, parts...) }
 
 func waitFor(t *testing.T, timeout time.Duration, what string, fn func() error) {
 	t.Helper()

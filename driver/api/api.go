@@ -129,3 +129,15 @@ func Gateways(n *Network, ep *Endpoint) (v4, v6 string) {
 	}
 	return v4, v6
 }
+
+// Allocator is implemented by swarm types that allocate on the manager
+// (AllocateNetwork): what Allocate returns is all the nodes will see.
+type Allocator interface {
+	Allocate(netID string, opts map[string]string) (map[string]string, error)
+	Free(netID string) error
+}
+
+// Discoverer is implemented by types that need node discovery events.
+type Discoverer interface {
+	Discovered(addr string, self bool)
+}

@@ -1,0 +1,894 @@
+// Package overlay is weft's multi-host network type for the swarm instance:
+// per network and node a bridge and a VXLAN device, whose forwarding
+// entries (FDB and ARP/ND proxy neighbours) come from the gossip control
+// plane rather than multicast or flood-and-learn. With -o encrypted the
+// VXLAN runs only inside WireGuard tunnels between nodes.
+package overlay
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/weft-net/weft/driver/api"
+	"github.com/weft-net/weft/firewall"
+	"github.com/weft-net/weft/gossip"
+	"github.com/weft-net/weft/netutil"
+	"github.com/weft-net/weft/store"
+)
+
+// Options. encrypted and the MTU keys are Docker's overlay names; the
+// weft.* keys are set by the manager's AllocateNetwork, never by users.
+const (
+	OptEncrypted = "encrypted"
+	OptMTU       = "com.docker.network.driver.mtu"
+	OptMTUShort  = "mtu"
+	OptVNI       = "weft.vni"
+	OptKey       = "weft.gossip_key"
+	OptSeeds     = "weft.seeds"
+	OptCipher    = "weft.encryption"
+)
+
+// Per-network state.
+const (
+	stVNI       = "vni"
+	stMTU       = "mtu"
+	stBridge    = "bridge"
+	stVXLAN     = "vxlan"
+	stEncrypted = "encrypted"
+)
+
+const (
+	bucket   = "overlay"
+	wgName   = "wfwg0"
+	minVNI   = 4096 // as Docker's overlay: below is for hand-made VXLANs
+	maxVNI   = 1<<24 - 1
+	vxlanOH  = 50  // IPv4 + UDP + VXLAN + inner Ethernet
+	cryptOH  = 130 // WireGuard over IPv4 (60) + VXLAN over IPv6 (70)
+	joinWait = 2 * time.Second
+)
+
+// Settings are the swarm instance's plugin settings for overlays.
+type Settings struct {
+	GossipPort int    // GOSSIP_PORT
+	VXLANPort  int    // VXLAN_PORT
+	WGPort     int    // WG_PORT
+	WGBackend  string // WG_BACKEND: auto, kernel or userspace
+	ClusterKey []byte // GOSSIP_KEY, or nil: the manager mints one
+	KeyFile    string // the node's WireGuard private key (0600)
+}
+
+// Rules is the overlay's small firewall: accept bridged overlay traffic
+// despite Docker's FORWARD policy, and drop cleartext VXLAN aimed at the
+// tunnel addresses unless it came out of the WireGuard device.
+type Rules interface {
+	Ensure(vxlanPort int, wgIf string, tunnel netip.Prefix, guard bool) error
+	Remove() error
+}
+
+// Type implements api.NetworkType for overlays.
+type Type struct {
+	Scope  string // the instance label for link aliases
+	Member string // gossip member name (hostname and the store's instance ID)
+	Cfg    Settings
+	St     *store.Store
+	Rules  Rules
+
+	mu      sync.Mutex
+	self    netip.Addr
+	cluster *gossip.Cluster
+	key     []byte
+	seeds   []string
+	nets    map[string]*api.Network // overlay networks present on this node
+	local   map[string]gossip.Entry // this node's endpoints, by endpoint ID
+	tun     Tunnel
+	wgKey   wgtypes.Key
+	stop    chan struct{}
+}
+
+func (t *Type) init() {
+	if t.nets == nil {
+		t.nets = map[string]*api.Network{}
+		t.local = map[string]gossip.Entry{}
+	}
+}
+
+// Name implements api.NetworkType.
+func (t *Type) Name() string { return "overlay" }
+
+// Options implements api.NetworkType.
+func (t *Type) Options() []string {
+	return []string{OptEncrypted, OptMTU, OptMTUShort, OptVNI, OptKey, OptSeeds, OptCipher}
+}
+
+// HostSideShaping implements api.HostShaper: rate limits go on the host veth.
+func (t *Type) HostSideShaping() bool { return true }
+
+func encrypted(o map[string]string) (bool, error) {
+	v, ok := o[OptEncrypted]
+	if !ok {
+		return false, nil
+	}
+	switch strings.ToLower(v) {
+	case "", "true", "1", "yes", "on":
+		return true, nil
+	case "false", "0", "no", "off":
+		return false, nil
+	}
+	return false, fmt.Errorf("option %s=%q: give -o encrypted (or encrypted=true / encrypted=false)", OptEncrypted, v)
+}
+
+// Discovered records this node's underlay address from Docker's
+// NodeDiscovery (Self): gossip, VXLAN and WireGuard use it.
+func (t *Type) Discovered(addr string, self bool) {
+	if !self {
+		return
+	}
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		logrus.WithField("address", addr).Warn("overlay: node discovery gave an address weft cannot parse")
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.self = a
+	if err := t.St.Update(func(tx *store.Tx) error { return tx.Put(bucket, "self", a.String()) }); err != nil {
+		logrus.WithError(err).Warn("overlay: cannot save this node's address")
+	}
+	logrus.WithField("address", a).Info("overlay: this node's underlay address")
+}
+
+// selfAddr is the node's underlay address: from discovery, the store, or
+// the route towards a seed.
+func (t *Type) selfAddr(seeds []string) (netip.Addr, error) {
+	if t.self.IsValid() {
+		return t.self, nil
+	}
+	var s string
+	if ok, _ := get(t.St, "self", &s); ok {
+		if a, err := netip.ParseAddr(s); err == nil {
+			t.self = a
+			return a, nil
+		}
+	}
+	for _, seed := range seeds {
+		ap, err := netip.ParseAddrPort(seed)
+		if err != nil {
+			continue
+		}
+		rs, err := netlink.RouteGet(ap.Addr().AsSlice())
+		if err == nil && len(rs) > 0 && rs[0].Src != nil {
+			if a, ok := netip.AddrFromSlice(rs[0].Src); ok {
+				t.self = a.Unmap()
+				return t.self, nil
+			}
+		}
+	}
+	return netip.Addr{}, errors.New("this node's swarm address is not known yet (Docker has not sent node discovery); retry in a moment")
+}
+
+func get(st *store.Store, key string, v any) (bool, error) {
+	var ok bool
+	err := st.View(func(tx *store.Tx) error {
+		var err error
+		ok, err = tx.Get(bucket, key, v)
+		return err
+	})
+	return ok, err
+}
+
+// Allocate runs on the swarm manager (AllocateNetwork): it picks a
+// cluster-unique VNI and adds what every node needs to join the control
+// plane: the cluster key and the manager's gossip address as a seed.
+func (t *Type) Allocate(netID string, opts map[string]string) (map[string]string, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.init()
+	for _, k := range []string{OptVNI, OptKey, OptSeeds, OptCipher} {
+		if _, ok := opts[k]; ok {
+			return nil, fmt.Errorf("option %s is set by weft's swarm manager; remove it from docker network create", k)
+		}
+	}
+	enc, err := encrypted(opts)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := api.MTU(opts, OptMTU, OptMTUShort); err != nil {
+		return nil, err
+	}
+	self, err := t.selfAddr(nil)
+	if err != nil {
+		return nil, err
+	}
+	vni, err := t.allocateVNI(netID)
+	if err != nil {
+		return nil, err
+	}
+	key, err := t.clusterKey()
+	if err != nil {
+		return nil, err
+	}
+	// The manager joins the control plane too: it is every node's seed.
+	if err := t.ensureCluster(key, nil); err != nil {
+		return nil, err
+	}
+	seeds := []string{net.JoinHostPort(self.String(), strconv.Itoa(t.Cfg.GossipPort))}
+	seeds = append(seeds, t.cluster.Addrs()...)
+	out := map[string]string{}
+	for k, v := range opts {
+		out[k] = v
+	}
+	out[OptVNI] = strconv.Itoa(vni)
+	out[OptKey] = base64.StdEncoding.EncodeToString(key)
+	out[OptSeeds] = strings.Join(dedup(seeds), ",")
+	if enc {
+		out[OptCipher] = "wireguard"
+	}
+	return out, nil
+}
+
+// Free releases a VNI on the manager (FreeNetwork).
+func (t *Type) Free(netID string) error {
+	return t.St.Update(func(tx *store.Tx) error { return tx.Delete(bucket, "vni/"+netID) })
+}
+
+func (t *Type) allocateVNI(netID string) (int, error) {
+	used := map[int]string{}
+	err := t.St.View(func(tx *store.Tx) error {
+		return tx.ForEach(bucket, "vni/", func(k string, raw []byte) error {
+			var v int
+			if err := store.Decode(raw, &v); err != nil {
+				return err
+			}
+			used[v] = strings.TrimPrefix(k, "vni/")
+			return nil
+		})
+	})
+	if err != nil {
+		return 0, err
+	}
+	for v, id := range used {
+		if id == netID {
+			return v, nil // replayed by a restarted manager
+		}
+	}
+	// Start from a hash of the network ID: a second manager that becomes
+	// leader without this store still picks the same VNI for a network.
+	h := fnv.New32a()
+	h.Write([]byte(netID))
+	span := maxVNI - minVNI + 1
+	v := minVNI + int(h.Sum32())%span
+	for used[v] != "" {
+		v = minVNI + (v-minVNI+1)%span
+	}
+	if err := t.St.Update(func(tx *store.Tx) error { return tx.Put(bucket, "vni/"+netID, v) }); err != nil {
+		return 0, fmt.Errorf("save VNI: %w", err)
+	}
+	return v, nil
+}
+
+func (t *Type) clusterKey() ([]byte, error) {
+	if len(t.Cfg.ClusterKey) > 0 {
+		return t.Cfg.ClusterKey, nil
+	}
+	var s string
+	if ok, err := get(t.St, "key", &s); err != nil {
+		return nil, err
+	} else if ok {
+		return base64.StdEncoding.DecodeString(s)
+	}
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		return nil, err
+	}
+	if err := t.St.Update(func(tx *store.Tx) error { return tx.Put(bucket, "key", base64.StdEncoding.EncodeToString(k)) }); err != nil {
+		return nil, fmt.Errorf("save cluster key: %w", err)
+	}
+	return k, nil
+}
+
+func dedup(s []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, x := range s {
+		if x != "" && !seen[x] {
+			seen[x] = true
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// Validate implements api.NetworkType.
+func (t *Type) Validate(n *api.Network, existing []*api.Network) error {
+	o := n.Options
+	vni, err := strconv.Atoi(o[OptVNI])
+	if err != nil || vni < 1 || vni > maxVNI {
+		return errors.New("overlay networks are created by weft's swarm manager: use docker network create --scope swarm on a manager with weft's swarm instance (no weft.vni was allocated)")
+	}
+	for _, e := range existing {
+		if e.Type == "overlay" && e.State[stVNI] == strconv.Itoa(vni) {
+			return fmt.Errorf("VNI %d is already used by weft network %.12s on this node", vni, e.ID)
+		}
+	}
+	key, err := base64.StdEncoding.DecodeString(o[OptKey])
+	if err != nil || (len(key) != 16 && len(key) != 24 && len(key) != 32) {
+		return fmt.Errorf("option %s: not a 16, 24 or 32 byte base64 key; was the network allocated by weft's swarm manager?", OptKey)
+	}
+	enc, err := encrypted(o)
+	if err != nil {
+		return err
+	}
+	mtu, err := api.MTU(o, OptMTU, OptMTUShort)
+	if err != nil {
+		return err
+	}
+	if len(n.Pools) == 0 {
+		return errors.New("the network has no subnet: give --subnet or use weft's IPAM")
+	}
+	if mtu == 0 {
+		mtu = 1500
+		if self, err := t.selfAddr(strings.Split(o[OptSeeds], ",")); err == nil {
+			mtu = underlayMTU(self)
+		}
+		if enc {
+			mtu -= cryptOH
+		} else {
+			mtu -= vxlanOH
+		}
+	}
+	if mtu < 576 {
+		return fmt.Errorf("the underlay's MTU leaves %d bytes for containers; set option %s to at least 576 or raise the underlay's MTU", mtu, OptMTU)
+	}
+	id := n.ID[:min(11, len(n.ID))]
+	n.State = map[string]string{stVNI: strconv.Itoa(vni), stMTU: strconv.Itoa(mtu), stBridge: "wfov" + id,
+		stVXLAN: "wfvx" + id, stEncrypted: strconv.FormatBool(enc)}
+	return nil
+}
+
+// underlayMTU is the MTU of the link holding the address, or 1500.
+func underlayMTU(a netip.Addr) int {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return 1500
+	}
+	for _, x := range addrs {
+		if ip, ok := netip.AddrFromSlice(x.IP); ok && ip.Unmap() == a {
+			if l, err := netlink.LinkByIndex(x.LinkIndex); err == nil {
+				return l.Attrs().MTU
+			}
+		}
+	}
+	return 1500
+}
+
+func mtuOf(n *api.Network) int  { m, _ := strconv.Atoi(n.State[stMTU]); return m }
+func isEnc(n *api.Network) bool { return n.State[stEncrypted] == "true" }
+
+func (t *Type) alias(n *api.Network) string { return api.AliasPrefix + t.Scope + ":" + n.ID }
+func (t *Type) epAlias(ep *api.Endpoint) string {
+	return api.AliasPrefix + t.Scope + ":" + ep.NetworkID + ":" + ep.ID
+}
+
+// ensureCluster starts the gossip member once a key is known and keeps
+// trying the seeds in the background until another member answers.
+func (t *Type) ensureCluster(key []byte, seeds []string) error {
+	t.seeds = dedup(append(t.seeds, seeds...))
+	if t.cluster != nil {
+		return nil
+	}
+	var stored []string
+	_, _ = get(t.St, "peers", &stored)
+	t.seeds = dedup(append(t.seeds, stored...))
+	self, err := t.selfAddr(t.seeds)
+	if err != nil {
+		return err
+	}
+	c, err := gossip.Start(gossip.Config{Name: t.Member, Addr: self, Port: t.Cfg.GossipPort, Key: key, OnChange: t.onChange})
+	if err != nil {
+		return err
+	}
+	t.cluster, t.key, t.stop = c, key, make(chan struct{})
+	logrus.WithFields(logrus.Fields{"address": self, "port": t.Cfg.GossipPort, "seeds": strings.Join(t.seeds, ",")}).Info("overlay: control plane started")
+	go t.joinLoop(c, t.stop)
+	return nil
+}
+
+// joinLoop contacts the seeds until some member answers, and again
+// whenever this node finds itself alone (e.g. after the others restarted).
+func (t *Type) joinLoop(c *gossip.Cluster, stop chan struct{}) {
+	for {
+		t.mu.Lock()
+		seeds := append([]string(nil), t.seeds...)
+		t.mu.Unlock()
+		if len(c.Addrs()) < 2 && len(seeds) > 0 {
+			if n, err := c.Join(seeds); err != nil {
+				logrus.WithError(err).Debug("overlay: no gossip seed answered yet")
+			} else if n > 0 {
+				logrus.WithField("contacted", n).Info("overlay: joined the control plane")
+			}
+		}
+		select {
+		case <-stop:
+			return
+		case <-time.After(joinWait):
+		}
+	}
+}
+
+// onChange reprograms every local network from the gossip view.
+func (t *Type) onChange() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.cluster == nil {
+		return
+	}
+	if addrs := t.cluster.Addrs(); len(addrs) > 1 {
+		if err := t.St.Update(func(tx *store.Tx) error { return tx.Put(bucket, "peers", addrs) }); err != nil {
+			logrus.WithError(err).Warn("overlay: cannot save gossip peers")
+		}
+	}
+	if err := t.programAll(); err != nil {
+		logrus.WithError(err).Warn("overlay: programming forwarding entries failed")
+	}
+}
+
+// programAll updates tunnel peers and each network's entries.
+func (t *Type) programAll() error {
+	peers := t.cluster.Peers()
+	var errs []error
+	if t.tun != nil {
+		var wps []WGPeer
+		for _, p := range peers {
+			k, err := wgtypes.ParseKey(p.WG)
+			if err != nil {
+				continue // this node has no encrypted network yet
+			}
+			wps = append(wps, WGPeer{Key: k, Endpoint: netip.AddrPortFrom(p.Addr, uint16(t.Cfg.WGPort)), Tunnel: TunnelAddr(p.Addr)})
+		}
+		if err := t.tun.SetPeers(wps); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, n := range t.nets {
+		if err := t.program(n, peers); err != nil {
+			errs = append(errs, fmt.Errorf("network %.12s: %w", n.ID, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// program makes the VXLAN device's FDB and neighbour entries exactly the
+// remote endpoints of the network.
+func (t *Type) program(n *api.Network, peers []gossip.Peer) error {
+	vx, err := netlink.LinkByName(n.State[stVXLAN])
+	if err != nil {
+		return fmt.Errorf("VXLAN device %s: %w", n.State[stVXLAN], err)
+	}
+	wantFDB := map[string]net.IP{} // MAC -> remote VTEP
+	wantNeigh := map[string]string{}
+	for _, p := range peers {
+		dst := p.Addr
+		if isEnc(n) {
+			if p.WG == "" {
+				continue // fail closed: no tunnel to this node, no entries
+			}
+			dst = TunnelAddr(p.Addr)
+		}
+		for _, e := range p.Entries {
+			if e.Network != n.ID {
+				continue
+			}
+			wantFDB[strings.ToLower(e.MAC)] = dst.AsSlice()
+			wantNeigh[e.IP] = strings.ToLower(e.MAC)
+		}
+	}
+	var errs []error
+	fdb, err := netlink.NeighList(vx.Attrs().Index, unix.AF_BRIDGE)
+	if err != nil {
+		return fmt.Errorf("list FDB of %s: %w", n.State[stVXLAN], err)
+	}
+	for _, f := range fdb {
+		if f.IP == nil || f.Flags&netlink.NTF_SELF == 0 {
+			continue
+		}
+		mac := f.HardwareAddr.String()
+		if d, ok := wantFDB[mac]; ok && d.Equal(f.IP) {
+			delete(wantFDB, mac)
+			continue
+		}
+		_ = netlink.NeighDel(&f)
+	}
+	for mac, dst := range wantFDB {
+		hw, _ := net.ParseMAC(mac)
+		if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: vx.Attrs().Index, Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF,
+			State: netlink.NUD_PERMANENT, IP: dst, HardwareAddr: hw}); err != nil {
+			errs = append(errs, fmt.Errorf("FDB %s -> %s: %w", mac, dst, err))
+		}
+	}
+	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
+		ns, err := netlink.NeighList(vx.Attrs().Index, fam)
+		if err != nil {
+			return fmt.Errorf("list neighbours of %s: %w", n.State[stVXLAN], err)
+		}
+		for _, x := range ns {
+			ip, _ := netip.AddrFromSlice(x.IP)
+			if m, ok := wantNeigh[ip.Unmap().String()]; ok && m == x.HardwareAddr.String() && x.State == netlink.NUD_PERMANENT {
+				delete(wantNeigh, ip.Unmap().String())
+				continue
+			}
+			_ = netlink.NeighDel(&x)
+		}
+	}
+	for ipS, mac := range wantNeigh {
+		ip, err := netip.ParseAddr(ipS)
+		if err != nil {
+			continue
+		}
+		hw, _ := net.ParseMAC(mac)
+		fam := unix.AF_INET
+		if ip.Is6() {
+			fam = unix.AF_INET6
+		}
+		if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: vx.Attrs().Index, Family: fam, State: netlink.NUD_PERMANENT,
+			IP: ip.AsSlice(), HardwareAddr: hw}); err != nil {
+			errs = append(errs, fmt.Errorf("neighbour %s -> %s: %w", ipS, mac, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ensureTunnel opens the node's WireGuard device for encrypted networks
+// and announces its public key.
+func (t *Type) ensureTunnel() error {
+	if t.tun != nil {
+		return nil
+	}
+	k, err := LoadOrCreateKey(t.Cfg.KeyFile)
+	if err != nil {
+		return err
+	}
+	psk := DerivePSK(t.key)
+	mtu := underlayMTU(t.self) - 60
+	tun, err := OpenTunnel(WGConfig{Name: wgName, Port: t.Cfg.WGPort, MTU: mtu, Key: k, PSK: &psk, Addr: TunnelAddr(t.self), Force: t.Cfg.WGBackend})
+	if err != nil {
+		return fmt.Errorf("-o encrypted: %w", err)
+	}
+	t.tun, t.wgKey = tun, k
+	if err := t.Rules.Ensure(t.Cfg.VXLANPort, wgName, tunnelPrefix, true); err != nil {
+		t.closeTunnel()
+		return fmt.Errorf("-o encrypted: the guard against cleartext VXLAN: %w", err)
+	}
+	if err := t.cluster.SetWG(k.PublicKey().String()); err != nil {
+		t.closeTunnel()
+		return err
+	}
+	logrus.WithFields(logrus.Fields{"backend": tun.Backend(), "device": wgName, "port": t.Cfg.WGPort, "address": TunnelAddr(t.self)}).Info("overlay: encryption tunnel up")
+	return nil
+}
+
+func (t *Type) closeTunnel() {
+	if t.tun == nil {
+		return
+	}
+	_ = t.tun.Close()
+	t.tun = nil
+	RemoveBlackhole()
+	if t.cluster != nil {
+		_ = t.cluster.SetWG("")
+	}
+}
+
+// ensureDevices creates or repairs the network's bridge and VXLAN device.
+func (t *Type) ensureDevices(n *api.Network) error {
+	brName, vxName := n.State[stBridge], n.State[stVXLAN]
+	br, err := netlink.LinkByName(brName)
+	if err != nil {
+		if !netutil.IsNotFound(err) {
+			return fmt.Errorf("look up %s: %w", brName, err)
+		}
+		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: brName, MTU: mtuOf(n), TxQLen: -1}}); err != nil {
+			return fmt.Errorf("create bridge %s: %w", brName, err)
+		}
+		if br, err = netlink.LinkByName(brName); err != nil {
+			return fmt.Errorf("look up %s: %w", brName, err)
+		}
+	}
+	if err := netlink.LinkSetAlias(br, t.alias(n)); err != nil {
+		return fmt.Errorf("label %s: %w", brName, err)
+	}
+	noLinkLocal(br)
+	if err := netlink.LinkSetUp(br); err != nil {
+		return fmt.Errorf("bring up %s: %w", brName, err)
+	}
+	vni, _ := strconv.Atoi(n.State[stVNI])
+	var src net.IP
+	if isEnc(n) {
+		src = TunnelAddr(t.self).AsSlice()
+	} else {
+		src = t.self.AsSlice()
+	}
+	vx, err := netlink.LinkByName(vxName)
+	if err == nil {
+		if v, ok := vx.(*netlink.Vxlan); !ok || v.VxlanId != vni || !v.SrcAddr.Equal(src) || v.Port != t.Cfg.VXLANPort {
+			// Wrong shape (e.g. this node's address changed): rebuild.
+			_ = netlink.LinkDel(vx)
+			err = netlink.LinkNotFoundError{}
+		}
+	}
+	if err != nil {
+		if !netutil.IsNotFound(err) {
+			return fmt.Errorf("look up %s: %w", vxName, err)
+		}
+		// Learning off and proxy on: the control plane fills the FDB and
+		// answers ARP for remote endpoints, nothing floods between hosts.
+		v := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: vxName, MTU: mtuOf(n), MasterIndex: br.Attrs().Index, TxQLen: -1},
+			VxlanId: vni, SrcAddr: src, Port: t.Cfg.VXLANPort, Learning: false, Proxy: true}
+		if err := netlink.LinkAdd(v); err != nil {
+			return fmt.Errorf("create VXLAN device %s (VNI %d, port %d): %w", vxName, vni, t.Cfg.VXLANPort, err)
+		}
+		if vx, err = netlink.LinkByName(vxName); err != nil {
+			return fmt.Errorf("look up %s: %w", vxName, err)
+		}
+	}
+	if vx.Attrs().MasterIndex != br.Attrs().Index {
+		if err := netlink.LinkSetMasterByIndex(vx, br.Attrs().Index); err != nil {
+			return fmt.Errorf("attach %s to %s: %w", vxName, brName, err)
+		}
+	}
+	if err := netlink.LinkSetAlias(vx, t.alias(n)); err != nil {
+		return fmt.Errorf("label %s: %w", vxName, err)
+	}
+	noLinkLocal(vx)
+	if err := netlink.LinkSetUp(vx); err != nil {
+		return fmt.Errorf("bring up %s: %w", vxName, err)
+	}
+	return nil
+}
+
+// noLinkLocal keeps the host off the overlay: without it the kernel gives
+// the bridge and its ports IPv6 link-local addresses on the overlay's L2.
+func noLinkLocal(l netlink.Link) {
+	_ = netlink.LinkSetIP6AddrGenMode(l, 1) // IN6_ADDR_GEN_MODE_NONE; fails harmlessly without IPv6
+}
+
+// prepare starts what a network on this node needs: control plane,
+// tunnel (encrypted), devices, and the rules.
+func (t *Type) prepare(n *api.Network) error {
+	key, _ := base64.StdEncoding.DecodeString(n.Options[OptKey])
+	if t.cluster != nil && string(key) != string(t.key) {
+		return fmt.Errorf("network %.12s carries a different cluster key than the other overlay networks on this node; were they created by different swarms?", n.ID)
+	}
+	if err := t.ensureCluster(key, strings.Split(n.Options[OptSeeds], ",")); err != nil {
+		return err
+	}
+	if isEnc(n) {
+		if err := t.ensureTunnel(); err != nil {
+			return err
+		}
+	} else if err := t.Rules.Ensure(t.Cfg.VXLANPort, wgName, tunnelPrefix, false); err != nil {
+		return err
+	}
+	return t.ensureDevices(n)
+}
+
+// CreateNetwork implements api.NetworkType.
+func (t *Type) CreateNetwork(n *api.Network, others []*api.Network) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.init()
+	if err := t.prepare(n); err != nil {
+		t.teardown(n, others)
+		return err
+	}
+	t.nets[n.ID] = n
+	if err := t.program(n, t.cluster.Peers()); err != nil {
+		logrus.WithField("network", n.ID[:min(12, len(n.ID))]).WithError(err).Warn("overlay: some forwarding entries failed; retried at the next change")
+	}
+	logrus.WithFields(logrus.Fields{"network": n.ID[:min(12, len(n.ID))], "vni": n.State[stVNI], "mtu": n.State[stMTU], "encrypted": isEnc(n)}).Info("overlay network ready")
+	return nil
+}
+
+// teardown removes a network's devices, and the tunnel and rules when no
+// network needs them any more.
+func (t *Type) teardown(n *api.Network, others []*api.Network) {
+	_ = netutil.DeleteLink(n.State[stVXLAN])
+	_ = netutil.DeleteLink(n.State[stBridge])
+	delete(t.nets, n.ID)
+	anyEnc, anyOverlay := false, false
+	for _, o := range t.nets {
+		anyOverlay = true
+		anyEnc = anyEnc || isEnc(o)
+	}
+	if !anyEnc {
+		t.closeTunnel()
+	}
+	if !anyOverlay && t.Rules != nil {
+		if err := t.Rules.Remove(); err != nil {
+			logrus.WithError(err).Warn("overlay: removing rules failed")
+		}
+	}
+}
+
+// DeleteNetwork implements api.NetworkType.
+func (t *Type) DeleteNetwork(n *api.Network, others []*api.Network) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.init()
+	for id, e := range t.local {
+		if e.Network == n.ID {
+			delete(t.local, id)
+		}
+	}
+	t.publish()
+	t.teardown(n, others)
+	return nil
+}
+
+func (t *Type) publish() {
+	if t.cluster == nil {
+		return
+	}
+	es := make([]gossip.Entry, 0, len(t.local))
+	for _, e := range t.local {
+		es = append(es, e)
+	}
+	sort.Slice(es, func(i, j int) bool { return es[i].IP < es[j].IP })
+	t.cluster.SetEntries(es)
+}
+
+func vethNames(epID string) (host, cont string) {
+	id := epID[:min(11, len(epID))]
+	return "wfoh" + id, "wfoc" + id
+}
+
+// CreateEndpoint implements api.NetworkType.
+func (t *Type) CreateEndpoint(n *api.Network, ep *api.Endpoint) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.init()
+	host, cont := vethNames(ep.ID)
+	br, err := netlink.LinkByName(n.State[stBridge])
+	if err != nil {
+		return fmt.Errorf("bridge %s of network %.12s is missing: %w", n.State[stBridge], n.ID, err)
+	}
+	mac, err := net.ParseMAC(ep.MAC)
+	if err != nil {
+		return fmt.Errorf("MAC address %q: %w", ep.MAC, err)
+	}
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host, MTU: mtuOf(n), TxQLen: -1, MasterIndex: br.Attrs().Index},
+		PeerName: cont, PeerHardwareAddr: mac, PeerMTU: uint32(mtuOf(n))}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return fmt.Errorf("create veth pair %s/%s: %w", host, cont, err)
+	}
+	hl, err := netlink.LinkByName(host)
+	if err == nil {
+		err = netlink.LinkSetAlias(hl, t.epAlias(ep))
+		noLinkLocal(hl)
+	}
+	if err == nil {
+		err = netlink.LinkSetUp(hl)
+	}
+	if err != nil {
+		_ = netutil.DeleteLink(host)
+		return fmt.Errorf("set up %s: %w", host, err)
+	}
+	ep.HostIf, ep.ContIf = host, cont
+	t.addLocal(ep)
+	t.publish()
+	return nil
+}
+
+func (t *Type) addLocal(ep *api.Endpoint) {
+	if ep.Addr4.IsValid() {
+		t.local[ep.ID] = gossip.Entry{Network: ep.NetworkID, IP: ep.Addr4.Addr().String(), MAC: strings.ToLower(ep.MAC)}
+	}
+	if ep.Addr6.IsValid() {
+		t.local[ep.ID+"/6"] = gossip.Entry{Network: ep.NetworkID, IP: ep.Addr6.Addr().String(), MAC: strings.ToLower(ep.MAC)}
+	}
+}
+
+// DeleteEndpoint implements api.NetworkType.
+func (t *Type) DeleteEndpoint(_ *api.Network, ep *api.Endpoint) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.init()
+	delete(t.local, ep.ID)
+	delete(t.local, ep.ID+"/6")
+	t.publish()
+	host, _ := vethNames(ep.ID)
+	if err := netutil.DeleteLink(host); err != nil {
+		return fmt.Errorf("remove veth: %w", err)
+	}
+	return nil
+}
+
+// Join implements api.NetworkType. No gateway: Docker then gives the
+// container egress through docker_gwbridge, as with its own overlay.
+func (t *Type) Join(n *api.Network, ep *api.Endpoint) (*api.JoinInfo, error) {
+	_, cont := vethNames(ep.ID)
+	if _, err := netlink.LinkByName(cont); err != nil {
+		return nil, fmt.Errorf("container interface %s of endpoint %.12s is missing: %w", cont, ep.ID, err)
+	}
+	return &api.JoinInfo{SrcName: cont, DstPrefix: "eth"}, nil
+}
+
+// Leave implements api.NetworkType.
+func (t *Type) Leave(*api.Network, *api.Endpoint) error { return nil }
+
+// Reconcile implements api.NetworkType: after a restart the devices,
+// tunnel and entries are rebuilt from the store and the gossip.
+func (t *Type) Reconcile(n *api.Network, eps []*api.Endpoint) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.init()
+	if err := t.prepare(n); err != nil {
+		return err
+	}
+	t.nets[n.ID] = n
+	br, err := netlink.LinkByName(n.State[stBridge])
+	if err != nil {
+		return err
+	}
+	for _, ep := range eps {
+		t.addLocal(ep)
+		host, _ := vethNames(ep.ID)
+		if l, err := netlink.LinkByName(host); err == nil && l.Attrs().MasterIndex != br.Attrs().Index {
+			_ = netlink.LinkSetMasterByIndex(l, br.Attrs().Index)
+			_ = netlink.LinkSetUp(l)
+		}
+	}
+	t.publish()
+	return t.program(n, t.cluster.Peers())
+}
+
+// Firewall implements api.NetworkType: the overlay's rules are its own (Rules).
+func (t *Type) Firewall(*api.Network, []*api.Endpoint) *firewall.Network { return nil }
+
+// Describe implements api.Describer.
+func (t *Type) Describe(n *api.Network, _ *api.Endpoint) map[string]string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := map[string]string{"weft.overlay.vni": n.State[stVNI], "weft.overlay.mtu": n.State[stMTU]}
+	if isEnc(n) {
+		out["weft.overlay.encryption"] = "none: tunnel down"
+		if t.tun != nil {
+			out["weft.overlay.encryption"] = t.tun.Backend()
+		}
+	} else {
+		out["weft.overlay.encryption"] = "none"
+	}
+	if t.cluster != nil {
+		out["weft.overlay.peers"] = strconv.Itoa(len(t.cluster.Peers()))
+	}
+	return out
+}
+
+// Shutdown leaves the control plane (plugin stop). Devices stay: containers
+// keep their addresses while weft is away; a userspace tunnel goes with the
+// process, and the blackhole route keeps encrypted traffic from leaking.
+func (t *Type) Shutdown() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.cluster != nil {
+		close(t.stop)
+		// No polite leave: peers keep this node's entries through a quick
+		// restart instead of dropping them and re-learning them.
+		t.cluster.Shutdown(false)
+		t.cluster = nil
+	}
+}

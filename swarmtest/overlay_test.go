@@ -1,0 +1,391 @@
+package swarmtest
+
+import (
+	"fmt"
+	"net"
+	"os"
+	osexec "os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+const (
+	underlayBridge = "wfswbr"
+	// The lab bridge's port towards host 2: frames forwarded between ports
+	// never reach a socket on the bridge device itself.
+	underlayPort = "wfswh2"
+	vxlanPort    = 4800
+	wgPort       = 51830
+)
+
+func netOpt(t *testing.T, name, key string) string {
+	t.Helper()
+	return mustHost(t, 1, "network", "inspect", "-f", fmt.Sprintf("{{index .Options %q}}", key), name)
+}
+
+func taskOn(t *testing.T, ts []task, host int) task {
+	t.Helper()
+	for _, x := range ts {
+		if x.host == host {
+			return x
+		}
+	}
+	t.Fatalf("no task on host %d in %v", host, ts)
+	return task{}
+}
+
+// endpointOf returns the endpoint ID and MAC of a container on a network.
+func endpointOf(t *testing.T, x task, network string) (string, net.HardwareAddr) {
+	t.Helper()
+	out := mustHost(t, x.host, "inspect", "-f", fmt.Sprintf(`{{(index .NetworkSettings.Networks %q).EndpointID}} {{(index .NetworkSettings.Networks %q).MacAddress}}`, network, network), x.id)
+	f := strings.Fields(out)
+	if len(f) != 2 {
+		t.Fatalf("endpoint of %s on %s: %q", x.id, network, out)
+	}
+	mac, err := net.ParseMAC(f[1])
+	if err != nil {
+		t.Fatalf("MAC of %s: %v", x.id, err)
+	}
+	return f[0], mac
+}
+
+// sendMarker sends a unique text over TCP from one task to another and
+// checks it arrived: the traffic that the underlay captures look for.
+func sendMarker(t *testing.T, from, to task, marker string) {
+	t.Helper()
+	mustHost(t, to.host, "exec", "-d", to.id, "sh", "-c", "nc -l -p 9999 > /tmp/got")
+	time.Sleep(300 * time.Millisecond)
+	waitFor(t, 20*time.Second, "marker delivered", func() error {
+		_, _ = hostDocker(from.host, "exec", from.id, "sh", "-c", fmt.Sprintf("echo %s | nc -w 2 %s 9999", marker, to.ip))
+		got, _ := hostDocker(to.host, "exec", to.id, "cat", "/tmp/got")
+		if !strings.Contains(got, marker) {
+			return fmt.Errorf("task %s got %q", to.ip, got)
+		}
+		return nil
+	})
+}
+
+// hostLogHas looks for a line of host n's dockerd log holding all parts.
+func hostLogHas(n int, parts ...string) error {
+	b, err := os.ReadFile(fmt.Sprintf("/var/lib/weft-swarm/h%d/dockerd.log", n))
+	if err != nil {
+		return err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		ok := true
+		for _, p := range parts {
+			ok = ok && strings.Contains(l, p)
+		}
+		if ok {
+			return nil
+		}
+	}
+	return fmt.Errorf("no line in host %d's log has %q", n, parts)
+}
+
+func inHost(n int, args ...string) string {
+	out, _ := osexec.Command("ip", append([]string{"netns", "exec", fmt.Sprintf("wfsw-h%d", n)}, args...)...).CombinedOutput()
+	return string(out)
+}
+
+// fdbTargets lists the VTEPs host n's VXLAN devices forward to.
+func fdbTargets(n int) string {
+	var dsts []string
+	for _, l := range strings.Split(inHost(n, "bridge", "fdb", "show"), "\n") {
+		if strings.Contains(l, " dev wfvx") && strings.Contains(l, " dst ") {
+			f := strings.Fields(l)
+			for i := range f {
+				if f[i] == "dst" && i+1 < len(f) {
+					dsts = append(dsts, f[i+1])
+				}
+			}
+		}
+	}
+	return strings.Join(dsts, " ")
+}
+
+// overlayClean checks host n has nothing of an overlay left.
+func overlayClean(n int) error {
+	if l := weftLinks(n); len(l) > 0 {
+		return fmt.Errorf("weft links left: %v", l)
+	}
+	if out := inHost(n, "iptables-save") + inHost(n, "ip6tables-save"); strings.Contains(out, "WEFT") {
+		return fmt.Errorf("weft chains left in host %d", n)
+	}
+	if out := inHost(n, "ip", "-6", "route", "show", "type", "blackhole"); strings.Contains(out, "fd77:7765:6677") {
+		return fmt.Errorf("fail-closed route left: %s", out)
+	}
+	return nil
+}
+
+func removeAndCheckClean(t *testing.T, svcs []string, nets []string) {
+	t.Helper()
+	for _, s := range svcs {
+		mustHost(t, 1, "service", "rm", s)
+	}
+	for _, n := range nets {
+		waitFor(t, 60*time.Second, "network rm "+n, func() error {
+			if out, err := hostDocker(1, "network", "rm", n); err != nil && !strings.Contains(out, "not found") {
+				return fmt.Errorf("%s", out)
+			}
+			return nil
+		})
+	}
+	for h := 1; h <= hosts; h++ {
+		h := h
+		waitFor(t, 45*time.Second, fmt.Sprintf("host %d clean", h), func() error { return overlayClean(h) })
+	}
+}
+
+func TestSwarmOverlayAcrossHosts(t *testing.T) {
+	n := swarmNetwork(t, "--attachable", "-o", "type=overlay", "--subnet", "10.30.0.0/24")
+	// sleep as PID 1 ignores SIGTERM: a short grace period keeps rescheduling quick.
+	svc := service(t, "--replicas", "6", "--stop-grace-period", "1s", "--network", n)
+	ts := waitTasks(t, svc, 6)
+	on := map[int]int{}
+	for _, x := range ts {
+		on[x.host]++
+	}
+	if len(on) != hosts {
+		t.Fatalf("tasks landed on %d hosts (%v), want all %d", len(on), on, hosts)
+	}
+	allReachAll(t, ts)
+
+	// Underlay MTU 1500 minus VXLAN's 50.
+	if mtu := mustHost(t, 2, "exec", taskOn(t, ts, 2).id, "cat", "/sys/class/net/eth0/mtu"); mtu != "1450" {
+		t.Errorf("container MTU %s, want 1450", mtu)
+	}
+	// Egress through docker_gwbridge: the lab bridge is outside the overlay.
+	if !ping(taskOn(t, ts, 3), "198.19.7.254") {
+		t.Errorf("a task cannot reach the underlay's gateway through docker_gwbridge")
+	}
+	// Forwarding comes from the control plane: learning is off, ARP is
+	// proxied, and host 1 forwards to the other hosts' VTEPs.
+	dev := inHost(1, "ip", "-d", "link", "show", "type", "vxlan")
+	if !strings.Contains(dev, "nolearning") || !strings.Contains(dev, "proxy") || !strings.Contains(dev, "dstport 4800") {
+		t.Errorf("VXLAN device is not set up for control-plane forwarding:\n%s", dev)
+	}
+	waitFor(t, 10*time.Second, "FDB entries for both workers on host 1", func() error {
+		if d := fdbTargets(1); !strings.Contains(d, "198.19.7.2") || !strings.Contains(d, "198.19.7.3") {
+			return fmt.Errorf("host 1 forwards to %q", d)
+		}
+		return nil
+	})
+
+	// docker run on the attachable overlay, on a worker.
+	c := uniq("run")
+	mustHost(t, 3, "run", "-d", "--name", c, "--network", n, image, "sleep", "3600")
+	t.Cleanup(func() { _, _ = hostDocker(3, "rm", "-f", c) })
+	if !ping(task{host: 3, id: c}, taskOn(t, ts, 1).ip) || !ping(task{host: 3, id: c}, taskOn(t, ts, 2).ip) {
+		t.Fatalf("a container started with docker run cannot reach tasks on the other hosts")
+	}
+	mustHost(t, 3, "rm", "-f", c)
+
+	// Scale down and up.
+	mustHost(t, 1, "service", "scale", "-d", svc+"=2")
+	waitTasks(t, svc, 2)
+	mustHost(t, 1, "service", "scale", "-d", svc+"=6")
+	allReachAll(t, waitTasks(t, svc, 6))
+
+	// Plugin restart on a worker: tasks there keep working, and it
+	// rebuilds its forwarding entries from its store and the gossip.
+	mustHost(t, 2, "plugin", "disable", "-f", plugin)
+	mustHost(t, 2, "plugin", "enable", plugin)
+	waitFor(t, 30*time.Second, "traffic after the plugin restart", func() error {
+		ts := tasksOf(t, svc)
+		for _, a := range ts {
+			for _, b := range ts {
+				if a.id != b.id && !ping(a, b.ip) {
+					return fmt.Errorf("host %d (%s) cannot reach host %d (%s)", a.host, a.ip, b.host, b.ip)
+				}
+			}
+		}
+		return nil
+	})
+
+	// Node leave: the others drop its entries; its tasks move.
+	mustHost(t, 3, "swarm", "leave")
+	waitFor(t, 60*time.Second, "host 3's entries gone", func() error {
+		for _, h := range []int{1, 2} {
+			if d := fdbTargets(h); strings.Contains(d, "198.19.7.3") {
+				return fmt.Errorf("host %d still forwards to host 3: %q", h, d)
+			}
+		}
+		return nil
+	})
+	ts = waitTasks(t, svc, 6)
+	allReachAll(t, ts)
+	// Rejoin: new tasks land on it and converge.
+	old := mustHost(t, 1, "node", "ls", "-q", "--filter", "name=wfsw-h3")
+	token := mustHost(t, 1, "swarm", "join-token", "-q", "worker")
+	mustHost(t, 3, "swarm", "join", "--token", token, "198.19.7.1:2377")
+	for _, id := range strings.Fields(old) {
+		_, _ = hostDocker(1, "node", "rm", "--force", id)
+	}
+	waitFor(t, 60*time.Second, "host 3 ready with the plugin", func() error {
+		out, _ := hostDocker(1, "node", "ls", "--filter", "name=wfsw-h3", "--format", "{{.Status}}")
+		if out != "Ready" {
+			return fmt.Errorf("host 3 is %q", out)
+		}
+		return nil
+	})
+	// A forced update reschedules every task, spread over the nodes again;
+	// without -d the CLI returns once the rolling update has converged.
+	onThree := false
+	for try := 0; try < 3 && !onThree; try++ {
+		mustHost(t, 1, "service", "update", "--force", "--update-parallelism", "0", svc)
+		for _, x := range waitTasks(t, svc, 6) {
+			onThree = onThree || x.host == 3
+		}
+	}
+	if !onThree {
+		t.Fatalf("no task landed on the rejoined host 3")
+	}
+	allReachAll(t, waitTasks(t, svc, 6))
+
+	removeAndCheckClean(t, []string{svc}, []string{n})
+}
+
+func TestSwarmEncryptedOverlay(t *testing.T) {
+	plain := swarmNetwork(t, "--attachable", "-o", "type=overlay", "--subnet", "10.32.0.0/24")
+	enc := swarmNetwork(t, "--attachable", "-o", "type=overlay", "-o", "encrypted", "--subnet", "10.33.0.0/24")
+	sp := service(t, "--mode", "global", "--network", plain)
+	se := service(t, "--mode", "global", "--network", enc)
+	tp := waitTasks(t, sp, hosts)
+	te := waitTasks(t, se, hosts)
+	allReachAll(t, te)
+
+	if got := netOpt(t, enc, "weft.encryption"); got != "wireguard" {
+		t.Errorf("network option weft.encryption = %q, want wireguard", got)
+	}
+	waitFor(t, 10*time.Second, "backend in the log", func() error {
+		return hostLogHas(2, "encryption tunnel up", "wireguard-go (userspace)")
+	})
+	// WireGuard over IPv4 (60) and VXLAN over IPv6 (70) below 1500.
+	if mtu := mustHost(t, 2, "exec", taskOn(t, te, 2).id, "cat", "/sys/class/net/eth0/mtu"); mtu != "1370" {
+		t.Errorf("encrypted container MTU %s, want 1370", mtu)
+	}
+	encVNI, _ := strconv.Atoi(netOpt(t, enc, "weft.vni"))
+	plainVNI, _ := strconv.Atoi(netOpt(t, plain, "weft.vni"))
+
+	// The underlay sees the plain network's payload, and not the encrypted one's.
+	stop := capture(t, "", underlayPort)
+	sendMarker(t, taskOn(t, tp, 1), taskOn(t, tp, 2), "weft-plain-marker-7c1d")
+	sendMarker(t, taskOn(t, te, 1), taskOn(t, te, 2), "weft-secret-marker-93ab")
+	frames := stop()
+	if countWith(frames, []byte("weft-plain-marker-7c1d")) == 0 {
+		t.Fatalf("the capture on %s saw no plain overlay payload (%d frames): it cannot tell anything", underlayPort, len(frames))
+	}
+	if n := countWith(frames, []byte("weft-secret-marker-93ab")); n > 0 {
+		t.Errorf("the encrypted network's payload crossed the underlay in clear %d times", n)
+	}
+	wg, vxEnc := 0, 0
+	for _, f := range frames {
+		dport, p, ok := udpInfo(f)
+		if !ok {
+			continue
+		}
+		if dport == wgPort {
+			wg++
+		}
+		if dport == vxlanPort {
+			if vni, ok := vxlanVNI(p); ok && vni == encVNI {
+				vxEnc++
+			}
+		}
+	}
+	if wg == 0 {
+		t.Errorf("no WireGuard packets on the underlay: where did the encrypted traffic go?")
+	}
+	if vxEnc > 0 {
+		t.Errorf("%d cleartext VXLAN packets of the encrypted network (VNI %d) on the underlay", vxEnc, encVNI)
+	}
+
+	// Crafted cleartext VXLAN aimed at a task: delivered on the plain
+	// network (so the packet is right), dropped on the encrypted one, over
+	// IPv4 to the host and over IPv6 to its tunnel address.
+	pTask, eTask := taskOn(t, tp, 2), taskOn(t, te, 2)
+	pEP, pMAC := endpointOf(t, pTask, plain)
+	eEP, eMAC := endpointOf(t, eTask, enc)
+	src := net.ParseIP("10.32.0.250")
+	pCap := capture(t, "wfsw-h2", "wfoh"+pEP[:11])
+	sendUDP(t, "udp4", fmt.Sprintf("198.19.7.2:%d", vxlanPort), craftVXLAN(plainVNI, pMAC, src, net.ParseIP(pTask.ip), []byte("crafted-plain-5e")), 5)
+	time.Sleep(500 * time.Millisecond)
+	if countWith(pCap(), []byte("crafted-plain-5e")) == 0 {
+		t.Fatalf("a crafted VXLAN packet for the plain network was not delivered: the crafted-packet check cannot tell anything")
+	}
+	eCap := capture(t, "wfsw-h2", "wfoh"+eEP[:11])
+	sendUDP(t, "udp4", fmt.Sprintf("198.19.7.2:%d", vxlanPort), craftVXLAN(encVNI, eMAC, src, net.ParseIP(eTask.ip), []byte("crafted-enc4-5e")), 5)
+	// IPv6 straight at host 2's tunnel address, as a neighbour on the
+	// underlay could send it.
+	tunAddr := "fd77:7765:6677::c613:702"
+	h2MAC := strings.TrimSpace(inHost(2, "cat", "/sys/class/net/eth0/address"))
+	for _, c := range [][]string{
+		{"-6", "route", "replace", tunAddr + "/128", "dev", underlayBridge},
+		{"-6", "neigh", "replace", tunAddr, "lladdr", h2MAC, "dev", underlayBridge, "nud", "permanent"},
+	} {
+		if out, err := osexec.Command("ip", c...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v %s", c, err, out)
+		}
+	}
+	t.Cleanup(func() {
+		_ = osexec.Command("ip", "-6", "neigh", "del", tunAddr, "dev", underlayBridge).Run()
+		_ = osexec.Command("ip", "-6", "route", "del", tunAddr+"/128", "dev", underlayBridge).Run()
+	})
+	guardBefore := guardDrops(2)
+	sendUDP(t, "udp6", fmt.Sprintf("[%s]:%d", tunAddr, vxlanPort), craftVXLAN(encVNI, eMAC, src, net.ParseIP(eTask.ip), []byte("crafted-enc6-5e")), 5)
+	time.Sleep(500 * time.Millisecond)
+	got := eCap()
+	if n := countWith(got, []byte("crafted-enc4-5e")); n > 0 {
+		t.Errorf("crafted cleartext IPv4 VXLAN reached the encrypted network's task %d times", n)
+	}
+	if n := countWith(got, []byte("crafted-enc6-5e")); n > 0 {
+		t.Errorf("crafted cleartext IPv6 VXLAN reached the encrypted network's task %d times", n)
+	}
+	if after := guardDrops(2); after < guardBefore+5 {
+		t.Errorf("the guard dropped %d crafted IPv6 packets, want 5: did they reach host 2 at all?", after-guardBefore)
+	}
+
+	// Fail closed: with the plugin (and so the userspace tunnel) stopped on
+	// host 2, its encrypted traffic stops rather than leaving in clear;
+	// after the restart it flows again.
+	mustHost(t, 2, "plugin", "disable", "-f", plugin)
+	stop = capture(t, "", underlayPort)
+	_, _ = hostDocker(2, "exec", taskOn(t, te, 2).id, "sh", "-c", "echo weft-closed-marker-41 | nc -w 2 "+taskOn(t, te, 1).ip+" 9999")
+	ok := ping(taskOn(t, te, 2), taskOn(t, te, 1).ip)
+	frames = stop()
+	if ok {
+		t.Errorf("encrypted traffic flowed with host 2's tunnel down")
+	}
+	if n := countWith(frames, []byte("weft-closed-marker-41")); n > 0 {
+		t.Errorf("with the tunnel down, the payload crossed the underlay in clear %d times", n)
+	}
+	mustHost(t, 2, "plugin", "enable", plugin)
+	waitFor(t, 45*time.Second, "encrypted traffic after the plugin restart", func() error {
+		for _, a := range te {
+			for _, b := range te {
+				if a.id != b.id && !ping(a, b.ip) {
+					return fmt.Errorf("host %d cannot reach host %d", a.host, b.host)
+				}
+			}
+		}
+		return nil
+	})
+
+	removeAndCheckClean(t, []string{sp, se}, []string{plain, enc})
+}
+
+// guardDrops reads the packet counter of the cleartext-VXLAN guard on host n.
+func guardDrops(n int) int {
+	out := inHost(n, "ip6tables", "-t", "raw", "-L", "WEFTS-GUARD", "-v", "-x", "-n")
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) > 2 && f[2] == "DROP" {
+			v, _ := strconv.Atoi(f[0])
+			return v
+		}
+	}
+	return -1
+}
