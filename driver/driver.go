@@ -61,6 +61,46 @@ type Driver struct {
 
 	inside       tuning.Inside
 	insideResult map[string]string // endpoint ID -> what was applied inside, or the error
+	parentMap    map[string]string // PARENT_MAP: a network's parent name -> this node's interface
+}
+
+// SetParentMap sets this node's parent renames (setting PARENT_MAP): a
+// swarm network names one parent for all nodes, whose NICs may differ.
+func (d *Driver) SetParentMap(m map[string]string) { d.parentMap = m }
+
+// ParseParentMap parses PARENT_MAP: NETWORK_PARENT=LOCAL_INTERFACE,...
+func ParseParentMap(s string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		if strings.TrimSpace(kv) == "" {
+			continue
+		}
+		from, to, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok || api.IfName("PARENT_MAP", from) != nil || api.IfName("PARENT_MAP", to) != nil {
+			return nil, fmt.Errorf("setting PARENT_MAP=%q: want NETWORK_PARENT=LOCAL_INTERFACE pairs, comma-separated, e.g. eth0=ens5", s)
+		}
+		out[from] = to
+	}
+	return out, nil
+}
+
+// mapParent applies the parent map to a network's options; a VLAN
+// sub-interface (eth0.10) keeps its VLAN on the mapped interface.
+func (d *Driver) mapParent(opts map[string]string) {
+	p, ok := opts["parent"]
+	if !ok || len(d.parentMap) == 0 {
+		return
+	}
+	base, vlan, dotted := strings.Cut(p, ".")
+	to, ok := d.parentMap[base]
+	if !ok {
+		return
+	}
+	if dotted {
+		to += "." + vlan
+	}
+	logrus.WithFields(logrus.Fields{"parent": p, "on_this_node": to}).Info("parent renamed by PARENT_MAP")
+	opts["parent"] = to
 }
 
 // SetInside configures how tuning reaches containers' namespaces.
@@ -441,6 +481,7 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	if err != nil {
 		return err
 	}
+	d.mapParent(opts)
 	typ, t, err := d.checkOptions(opts)
 	if err != nil {
 		return err

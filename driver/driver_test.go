@@ -303,3 +303,28 @@ func TestPublishRollsBackAndReleasesPorts(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+func TestParentMap(t *testing.T) {
+	m, err := ParseParentMap(" eth0=ens5, bond0=eth1 ,")
+	if err != nil || m["eth0"] != "ens5" || m["bond0"] != "eth1" || len(m) != 2 {
+		t.Fatalf("parsed %v, %v", m, err)
+	}
+	for _, bad := range []string{"eth0", "eth0=", "=ens5", "eth0=a b"} {
+		if _, err := ParseParentMap(bad); err == nil || !strings.Contains(err.Error(), "PARENT_MAP") {
+			t.Errorf("PARENT_MAP=%q: %v", bad, err)
+		}
+	}
+	d := &Driver{parentMap: m}
+	for in, want := range map[string]string{"eth0": "ens5", "eth0.10": "ens5.10", "eth2": "eth2"} {
+		o := map[string]string{"parent": in}
+		d.mapParent(o)
+		if o["parent"] != want {
+			t.Errorf("parent %s -> %s, want %s", in, o["parent"], want)
+		}
+	}
+	o := map[string]string{"type": "macvlan"}
+	d.mapParent(o)
+	if _, ok := o["parent"]; ok {
+		t.Error("a parent appeared from nowhere")
+	}
+}

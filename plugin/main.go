@@ -53,6 +53,7 @@ type Settings struct {
 	WGPort     string
 	WGBackend  string
 	GossipKey  string
+	ParentMap  string // NETWORK_PARENT=LOCAL_INTERFACE,...
 }
 
 func env(key, def string) string {
@@ -90,6 +91,7 @@ func loadSettings() Settings {
 		WGPort:     env("WG_PORT", "51830"),
 		WGBackend:  env("WG_BACKEND", "auto"),
 		GossipKey:  env("GOSSIP_KEY", ""),
+		ParentMap:  env("PARENT_MAP", ""),
 	}
 }
 
@@ -199,6 +201,11 @@ func run(s Settings) error {
 		return err
 	}
 	drv.SetInside(tuning.Inside{HostRoot: s.HostRoot, Timeout: 30 * time.Second})
+	pm, err := driver.ParseParentMap(s.ParentMap)
+	if err != nil {
+		return err
+	}
+	drv.SetParentMap(pm)
 	nn, ne := drv.Counts()
 	logrus.WithFields(logrus.Fields{"socket": s.Socket, "state": st.Path(), "networks": nn, "endpoints": ne}).Info("weft listening")
 

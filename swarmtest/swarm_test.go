@@ -277,6 +277,44 @@ func TestSwarmGlobalServiceAndBadInput(t *testing.T) {
 	allReachAll(t, waitTasks(t, svc, hosts))
 }
 
+// TestSwarmParentMap: a network's parent is renamed per node by the
+// PARENT_MAP setting (here the network names an interface no host has).
+func TestSwarmParentMap(t *testing.T) {
+	setMap := func(v string) {
+		for h := 1; h <= hosts; h++ {
+			_, _ = hostDocker(h, "plugin", "disable", "-f", plugin)
+			mustHost(t, h, "plugin", "set", plugin, "PARENT_MAP="+v)
+			mustHost(t, h, "plugin", "enable", plugin)
+		}
+	}
+	setMap("wfswlan=eth0")
+	t.Cleanup(func() { setMap("") })
+	n := swarmNetwork(t, "-o", "type=macvlan", "-o", "parent=wfswlan", "--subnet", "198.19.11.0/24")
+	svc := service(t, "--mode", "global", "--stop-grace-period", "1s", "--network", n)
+	ts := waitTasks(t, svc, hosts)
+	allReachAll(t, ts)
+	if err := hostLogHas(2, "parent renamed by PARENT_MAP", "on_this_node=eth0", "parent=wfswlan"); err != nil {
+		t.Error(err)
+	}
+	// Gone before the map is reset: with the map, not after.
+	mustHost(t, 1, "service", "rm", svc)
+	waitFor(t, 60*time.Second, "network rm", func() error {
+		if out, err := hostDocker(1, "network", "rm", n); err != nil {
+			return fmt.Errorf("%s", out)
+		}
+		return nil
+	})
+	for h := 1; h <= hosts; h++ {
+		h := h
+		waitFor(t, 60*time.Second, fmt.Sprintf("network gone from host %d", h), func() error {
+			if out, _ := hostDocker(h, "network", "ls", "-q", "--filter", "driver="+plugin); out != "" {
+				return fmt.Errorf("still there: %s", out)
+			}
+			return nil
+		})
+	}
+}
+
 // managerLogHas looks for a line of the manager's dockerd log holding all parts.
 func managerLogHas(parts ...string) error { return hostLogHas(1, parts...) }
 

@@ -135,9 +135,6 @@ func encrypted(o map[string]string) (bool, error) {
 // Discovered records this node's underlay address from Docker's
 // NodeDiscovery (Self): gossip, VXLAN and WireGuard use it.
 func (t *Type) Discovered(addr string, self bool) {
-	if !self {
-		return
-	}
 	a, err := netip.ParseAddr(addr)
 	if err != nil {
 		logrus.WithField("address", addr).Warn("overlay: node discovery gave an address weft cannot parse")
@@ -145,6 +142,12 @@ func (t *Type) Discovered(addr string, self bool) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if !self {
+		// Another node of the swarm: a gossip seed (its plugin listens on
+		// the same port if it runs weft's swarm instance).
+		t.seeds = dedup(append(t.seeds, net.JoinHostPort(a.String(), strconv.Itoa(t.Cfg.GossipPort))))
+		return
+	}
 	t.self = a
 	if err := t.St.Update(func(tx *store.Tx) error { return tx.Put(bucket, "self", a.String()) }); err != nil {
 		logrus.WithError(err).Warn("overlay: cannot save this node's address")
@@ -233,7 +236,11 @@ func (t *Type) Allocate(netID string, opts map[string]string) (map[string]string
 		out[k] = v
 	}
 	out[OptVNI] = strconv.Itoa(vni)
-	out[OptKey] = base64.StdEncoding.EncodeToString(key)
+	if len(t.Cfg.ClusterKey) == 0 {
+		// Minted here: the nodes learn it with the network. A key set with
+		// GOSSIP_KEY on every node never appears in network options.
+		out[OptKey] = base64.StdEncoding.EncodeToString(key)
+	}
 	out[OptSeeds] = strings.Join(dedup(seeds), ",")
 	if enc {
 		out[OptCipher] = "wireguard"
@@ -301,6 +308,22 @@ func (t *Type) clusterKey() ([]byte, error) {
 	return k, nil
 }
 
+// networkKey is the cluster key: this node's GOSSIP_KEY if set, else the
+// one the manager put in the network's options.
+func (t *Type) networkKey(o map[string]string) ([]byte, error) {
+	if len(t.Cfg.ClusterKey) > 0 {
+		return t.Cfg.ClusterKey, nil
+	}
+	if o[OptKey] == "" {
+		return nil, fmt.Errorf("the network carries no cluster key: the manager has GOSSIP_KEY set, so set the same GOSSIP_KEY on this node's weft swarm instance")
+	}
+	key, err := base64.StdEncoding.DecodeString(o[OptKey])
+	if err != nil || (len(key) != 16 && len(key) != 24 && len(key) != 32) {
+		return nil, fmt.Errorf("option %s: not a 16, 24 or 32 byte base64 key; was the network allocated by weft's swarm manager?", OptKey)
+	}
+	return key, nil
+}
+
 func dedup(s []string) []string {
 	seen := map[string]bool{}
 	var out []string
@@ -325,9 +348,8 @@ func (t *Type) Validate(n *api.Network, existing []*api.Network) error {
 			return fmt.Errorf("VNI %d is already used by weft network %.12s on this node", vni, e.ID)
 		}
 	}
-	key, err := base64.StdEncoding.DecodeString(o[OptKey])
-	if err != nil || (len(key) != 16 && len(key) != 24 && len(key) != 32) {
-		return fmt.Errorf("option %s: not a 16, 24 or 32 byte base64 key; was the network allocated by weft's swarm manager?", OptKey)
+	if _, err := t.networkKey(o); err != nil {
+		return err
 	}
 	enc, err := encrypted(o)
 	if err != nil {
@@ -669,7 +691,10 @@ func noLinkLocal(l netlink.Link) {
 // prepare starts what a network on this node needs: control plane,
 // tunnel (encrypted), devices, and the rules.
 func (t *Type) prepare(n *api.Network) error {
-	key, _ := base64.StdEncoding.DecodeString(n.Options[OptKey])
+	key, err := t.networkKey(n.Options)
+	if err != nil {
+		return err
+	}
 	if t.cluster != nil && string(key) != string(t.key) {
 		return fmt.Errorf("network %.12s carries a different cluster key than the other overlay networks on this node; were they created by different swarms?", n.ID)
 	}

@@ -253,3 +253,35 @@ func TestDataPlane(t *testing.T) {
 		}
 	})
 }
+
+func TestConfiguredKeyStaysOutOfOptions(t *testing.T) {
+	ty, _ := newType(t)
+	ty.Cfg.ClusterKey = []byte("0123456789abcdef")
+	opts, err := ty.Allocate("netk", map[string]string{"type": "overlay"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := opts[OptKey]; ok {
+		t.Fatalf("GOSSIP_KEY was handed out in the options: %v", opts)
+	}
+	n := &api.Network{ID: "netk", Options: opts, Pools: []netip.Prefix{netip.MustParsePrefix("10.9.0.0/24")}}
+	if err := ty.Validate(n, nil); err != nil {
+		t.Fatalf("a node with GOSSIP_KEY: %v", err)
+	}
+	other, _ := newType(t) // a node without GOSSIP_KEY
+	if err := other.Validate(n, nil); err == nil || !strings.Contains(err.Error(), "set the same GOSSIP_KEY") {
+		t.Fatalf("a node without the key: %v", err)
+	}
+}
+
+func TestDiscoveredNodesBecomeSeeds(t *testing.T) {
+	ty, _ := newType(t)
+	ty.Discovered("192.0.2.9", false)
+	ty.Discovered("not an address", false)
+	if strings.Join(ty.seeds, ",") != "192.0.2.9:"+strconv.Itoa(ty.Cfg.GossipPort) {
+		t.Fatalf("seeds %v", ty.seeds)
+	}
+	if ty.self.String() != "127.0.0.1" {
+		t.Fatalf("a non-self discovery changed this node's address to %s", ty.self)
+	}
+}
