@@ -293,6 +293,13 @@ func (d *Driver) RequestPool(req *ipam.RequestPoolRequest) (*ipam.RequestPoolRes
 
 	var pfx, sub netip.Prefix
 	var err error
+	if req.AddressSpace == GlobalAddressSpace && !req.V6 {
+		// The swarm manager asks for every pool with V6 false (swarmkit in
+		// Docker 20.10); the subnet itself tells the family.
+		if p, err := netip.ParsePrefix(req.Pool); err == nil && p.Addr().Is6() && !p.Addr().Is4In6() {
+			req.V6 = true
+		}
+	}
 	if req.Pool != "" {
 		if pfx, err = parseSubnet("--subnet", req.Pool, req.V6); err != nil {
 			return nil, err
@@ -373,7 +380,10 @@ func checkPoolOptions(opts map[string]string) error {
 	var bad []string
 	for k := range opts {
 		// Docker adds its own com.docker.* keys; they need no handling here.
-		if !strings.HasPrefix(k, dockerOptionPrefix) {
+		// The swarm manager reuses one options map for a network's pools and
+		// its gateway requests, so a second pool (IPv6) arrives carrying the
+		// RequestAddressType of the first pool's gateway.
+		if !strings.HasPrefix(k, dockerOptionPrefix) && k != optRequestAddressType {
 			bad = append(bad, k)
 		}
 	}

@@ -702,3 +702,18 @@ func TestSwarmInstanceServesManagerAndNode(t *testing.T) {
 		t.Error("local instance accepted the same subnet twice")
 	}
 }
+
+// The swarm manager passes an IPv6 pool request the options map of the
+// IPv4 pool's gateway request; that key is not the user's --ipam-opt.
+func TestPoolToleratesSwarmGatewayOption(t *testing.T) {
+	f := newFixture(t)
+	// ... and with V6 false: swarmkit never sets it.
+	r := f.pool(ipam.RequestPoolRequest{AddressSpace: GlobalAddressSpace, Pool: "fd00:41::/64",
+		Options: map[string]string{"RequestAddressType": "com.docker.network.gateway"}})
+	if r.Pool != "fd00:41::/64" {
+		t.Fatalf("pool %v", r)
+	}
+	f.poolErr(ipam.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: "fd00:42::/64"}, "it is an IPv6 subnet but Docker asked for an IPv4 pool")
+	f.poolErr(ipam.RequestPoolRequest{AddressSpace: GlobalAddressSpace, Pool: "10.42.0.0/24",
+		Options: map[string]string{"color": "blue"}}, "unknown --ipam-opt color")
+}
