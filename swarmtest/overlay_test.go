@@ -117,6 +117,15 @@ func overlayClean(n int) error {
 	if out := inHost(n, "ip", "-6", "route", "show", "type", "blackhole"); strings.Contains(out, "fd77:7765:6677") {
 		return fmt.Errorf("fail-closed route left: %s", out)
 	}
+	// Encrypted networks' policy rules (priorities 4800, 4801) and routes.
+	for _, l := range strings.Split(inHost(n, "ip", "rule"), "\n") {
+		if strings.HasPrefix(l, "4800:") || strings.HasPrefix(l, "4801:") {
+			return fmt.Errorf("policy rule left: %s", l)
+		}
+	}
+	if out := strings.TrimSpace(inHost(n, "ip", "route", "show", "table", "all")); strings.Contains(out, "wfwg0") || strings.Contains(out, "wfoh") {
+		return fmt.Errorf("routes left: %s", out)
+	}
 	return nil
 }
 
@@ -263,9 +272,9 @@ func TestSwarmEncryptedOverlay(t *testing.T) {
 	waitFor(t, 10*time.Second, "backend in the log", func() error {
 		return hostLogHas(2, "encryption tunnel up", "wireguard-go (userspace)")
 	})
-	// WireGuard over IPv4 (60) and VXLAN over IPv6 (70) below 1500.
-	if mtu := mustHost(t, 2, "exec", taskOn(t, te, 2).id, "cat", "/sys/class/net/eth0/mtu"); mtu != "1370" {
-		t.Errorf("encrypted container MTU %s, want 1370", mtu)
+	// Routed through WireGuard over IPv4: 60 bytes below 1500.
+	if mtu := mustHost(t, 2, "exec", taskOn(t, te, 2).id, "cat", "/sys/class/net/eth0/mtu"); mtu != "1440" {
+		t.Errorf("encrypted container MTU %s, want 1440", mtu)
 	}
 	encVNI, _ := strconv.Atoi(netOpt(t, enc, "weft.vni"))
 	plainVNI, _ := strconv.Atoi(netOpt(t, plain, "weft.vni"))
@@ -346,6 +355,19 @@ func TestSwarmEncryptedOverlay(t *testing.T) {
 	}
 	if after := guardDrops(2); after < guardBefore+5 {
 		t.Errorf("the guard dropped %d crafted IPv6 packets, want 5: did they reach host 2 at all?", after-guardBefore)
+	}
+	// Plain IP straight at the container, routed to host 2 over the
+	// underlay: only what comes out of the tunnel reaches it.
+	route := []string{"route", "replace", eTask.ip + "/32", "via", "198.19.7.2"}
+	if out, err := osexec.Command("ip", route...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %v: %v %s", route, err, out)
+	}
+	t.Cleanup(func() { _ = osexec.Command("ip", "route", "del", eTask.ip+"/32").Run() })
+	eCap = capture(t, "wfsw-h2", "wfoh"+eEP[:11])
+	sendUDP(t, "udp4", eTask.ip+":9", []byte("crafted-direct-5e"), 5)
+	time.Sleep(500 * time.Millisecond)
+	if n := countWith(eCap(), []byte("crafted-direct-5e")); n > 0 {
+		t.Errorf("plain IP from the underlay reached the encrypted network's task %d times", n)
 	}
 
 	// Fail closed: with the plugin (and so the userspace tunnel) stopped on

@@ -58,7 +58,7 @@ const (
 	minVNI   = 4096 // as Docker's overlay: below is for hand-made VXLANs
 	maxVNI   = 1<<24 - 1
 	vxlanOH  = 50  // IPv4 + UDP + VXLAN + inner Ethernet
-	cryptOH  = 130 // WireGuard over IPv4 (60) + VXLAN over IPv6 (70)
+	cryptOH  = 60  // WireGuard over IPv4: IP 20 + UDP 8 + WireGuard 32 (encrypted networks are routed, no VXLAN)
 	joinWait = 2 * time.Second
 )
 
@@ -362,6 +362,13 @@ func (t *Type) Validate(n *api.Network, existing []*api.Network) error {
 	if len(n.Pools) == 0 {
 		return errors.New("the network has no subnet: give --subnet or use weft's IPAM")
 	}
+	if enc {
+		for _, p := range n.Pools {
+			if p.Addr().Is6() {
+				return fmt.Errorf("-o encrypted networks carry IPv4 only for now: create the network without the IPv6 subnet %s", p)
+			}
+		}
+	}
 	if mtu == 0 {
 		mtu = 1500
 		if self, err := t.selfAddr(strings.Split(o[OptSeeds], ",")); err == nil {
@@ -480,7 +487,17 @@ func (t *Type) programAll() error {
 			if err != nil {
 				continue // this node has no encrypted network yet
 			}
-			wps = append(wps, WGPeer{Key: k, Endpoint: netip.AddrPortFrom(p.Addr, uint16(t.Cfg.WGPort)), Tunnel: TunnelAddr(p.Addr)})
+			wp := WGPeer{Key: k, Endpoint: netip.AddrPortFrom(p.Addr, uint16(t.Cfg.WGPort)), Tunnel: TunnelAddr(p.Addr)}
+			// The peer's containers on the encrypted networks here: what it
+			// may send from and what is sent to it.
+			for _, e := range p.Entries {
+				if n := t.nets[e.Network]; n != nil && isEnc(n) {
+					if a, err := netip.ParseAddr(e.IP); err == nil && a.Is4() {
+						wp.Allowed = append(wp.Allowed, netip.PrefixFrom(a, 32))
+					}
+				}
+			}
+			wps = append(wps, wp)
 		}
 		if err := t.tun.SetPeers(wps); err != nil {
 			errs = append(errs, err)
@@ -497,6 +514,9 @@ func (t *Type) programAll() error {
 // program makes the VXLAN device's FDB and neighbour entries exactly the
 // remote endpoints of the network.
 func (t *Type) program(n *api.Network, peers []gossip.Peer) error {
+	if isEnc(n) {
+		return programRouted(n, peers)
+	}
 	vx, err := netlink.LinkByName(n.State[stVXLAN])
 	if err != nil {
 		return fmt.Errorf("VXLAN device %s: %w", n.State[stVXLAN], err)
@@ -617,6 +637,9 @@ func (t *Type) closeTunnel() {
 
 // ensureDevices creates or repairs the network's bridge and VXLAN device.
 func (t *Type) ensureDevices(n *api.Network) error {
+	if isEnc(n) {
+		return ensureRouted(n)
+	}
 	brName, vxName := n.State[stBridge], n.State[stVXLAN]
 	br, err := netlink.LinkByName(brName)
 	if err != nil {
@@ -731,13 +754,17 @@ func (t *Type) CreateNetwork(n *api.Network, others []*api.Network) error {
 // teardown removes a network's devices, and the tunnel and rules when no
 // network needs them any more.
 func (t *Type) teardown(n *api.Network, others []*api.Network) {
-	_ = netutil.DeleteLink(n.State[stVXLAN])
-	_ = netutil.DeleteLink(n.State[stBridge])
 	delete(t.nets, n.ID)
 	anyEnc, anyOverlay := false, false
 	for _, o := range t.nets {
 		anyOverlay = true
 		anyEnc = anyEnc || isEnc(o)
+	}
+	if isEnc(n) {
+		removeRouted(n, !anyEnc)
+	} else {
+		_ = netutil.DeleteLink(n.State[stVXLAN])
+		_ = netutil.DeleteLink(n.State[stBridge])
 	}
 	if !anyEnc {
 		t.closeTunnel()
@@ -787,15 +814,19 @@ func (t *Type) CreateEndpoint(n *api.Network, ep *api.Endpoint) error {
 	defer t.mu.Unlock()
 	t.init()
 	host, cont := vethNames(ep.ID)
-	br, err := netlink.LinkByName(n.State[stBridge])
-	if err != nil {
-		return fmt.Errorf("bridge %s of network %.12s is missing: %w", n.State[stBridge], n.ID, err)
+	master := 0
+	if !isEnc(n) {
+		br, err := netlink.LinkByName(n.State[stBridge])
+		if err != nil {
+			return fmt.Errorf("bridge %s of network %.12s is missing: %w", n.State[stBridge], n.ID, err)
+		}
+		master = br.Attrs().Index
 	}
 	mac, err := net.ParseMAC(ep.MAC)
 	if err != nil {
 		return fmt.Errorf("MAC address %q: %w", ep.MAC, err)
 	}
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host, MTU: mtuOf(n), TxQLen: -1, MasterIndex: br.Attrs().Index},
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host, MTU: mtuOf(n), TxQLen: -1, MasterIndex: master},
 		PeerName: cont, PeerHardwareAddr: mac, PeerMTU: uint32(mtuOf(n))}
 	if err := netlink.LinkAdd(veth); err != nil {
 		return fmt.Errorf("create veth pair %s/%s: %w", host, cont, err)
@@ -808,7 +839,11 @@ func (t *Type) CreateEndpoint(n *api.Network, ep *api.Endpoint) error {
 	if err == nil {
 		err = netlink.LinkSetUp(hl)
 	}
+	if err == nil && isEnc(n) {
+		err = plugRouted(n, ep, hl)
+	}
 	if err != nil {
+		unplugRouted(host)
 		_ = netutil.DeleteLink(host)
 		return fmt.Errorf("set up %s: %w", host, err)
 	}
@@ -836,6 +871,7 @@ func (t *Type) DeleteEndpoint(_ *api.Network, ep *api.Endpoint) error {
 	delete(t.local, ep.ID+"/6")
 	t.publish()
 	host, _ := vethNames(ep.ID)
+	unplugRouted(host)
 	if err := netutil.DeleteLink(host); err != nil {
 		return fmt.Errorf("remove veth: %w", err)
 	}
@@ -865,17 +901,33 @@ func (t *Type) Reconcile(n *api.Network, eps []*api.Endpoint) error {
 		return err
 	}
 	t.nets[n.ID] = n
-	br, err := netlink.LinkByName(n.State[stBridge])
-	if err != nil {
-		return err
+	var br netlink.Link
+	if !isEnc(n) {
+		var err error
+		if br, err = netlink.LinkByName(n.State[stBridge]); err != nil {
+			return err
+		}
 	}
+	var errs []error
 	for _, ep := range eps {
 		t.addLocal(ep)
 		host, _ := vethNames(ep.ID)
-		if l, err := netlink.LinkByName(host); err == nil && l.Attrs().MasterIndex != br.Attrs().Index {
-			_ = netlink.LinkSetMasterByIndex(l, br.Attrs().Index)
-			_ = netlink.LinkSetUp(l)
+		l, err := netlink.LinkByName(host)
+		if err != nil {
+			continue // its container is gone; Docker deletes the endpoint
 		}
+		if br != nil && l.Attrs().MasterIndex != br.Attrs().Index {
+			_ = netlink.LinkSetMasterByIndex(l, br.Attrs().Index)
+		}
+		_ = netlink.LinkSetUp(l)
+		if isEnc(n) {
+			if err := plugRouted(n, ep, l); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
 	}
 	t.publish()
 	return t.program(n, t.cluster.Peers())

@@ -29,8 +29,17 @@ func (r IPTablesRules) Ensure(vxlanPort int, wgIf string, tunnel netip.Prefix, g
 	}
 	// Docker sets FORWARD's policy to DROP and br_netfilter passes bridged
 	// frames through it: the overlay bridges' own traffic must be accepted.
-	if err := ensureJump(r.V4, "filter", "FORWARD", chainForward, []string{"-i", "wfov+", "-o", "wfov+", "-j", "ACCEPT"}); err != nil {
-		return err
+	for _, rule := range [][]string{
+		{"-i", "wfov+", "-o", "wfov+", "-j", "ACCEPT"},
+		// Encrypted networks are routed: container to tunnel, tunnel to
+		// container, container to container on this node.
+		{"-i", "wfoh+", "-o", wgIf, "-j", "ACCEPT"},
+		{"-i", wgIf, "-o", "wfoh+", "-j", "ACCEPT"},
+		{"-i", "wfoh+", "-o", "wfoh+", "-j", "ACCEPT"},
+	} {
+		if err := ensureJump(r.V4, "filter", "FORWARD", chainForward, rule); err != nil {
+			return err
+		}
 	}
 	if r.V6 == nil {
 		if guard {

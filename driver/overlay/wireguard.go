@@ -49,6 +49,12 @@ type WGPeer struct {
 	Key      wgtypes.Key
 	Endpoint netip.AddrPort // underlay address and WireGuard port
 	Tunnel   netip.Addr     // its tunnel address (allowed IP)
+	Allowed  []netip.Prefix // its containers' addresses on encrypted networks
+}
+
+// allowedIPs is what the peer may send from and is sent to.
+func (p WGPeer) allowedIPs() []netip.Prefix {
+	return append([]netip.Prefix{netip.PrefixFrom(p.Tunnel, 128)}, p.Allowed...)
 }
 
 // Tunnel is the node's WireGuard device, kernel or userspace.
@@ -168,8 +174,11 @@ func (t *kernelTunnel) SetPeers(peers []WGPeer) error {
 	c := wgtypes.Config{PrivateKey: &t.cfg.Key, ListenPort: &port, ReplacePeers: true}
 	for _, p := range peers {
 		ep := net.UDPAddrFromAddrPort(p.Endpoint)
-		c.Peers = append(c.Peers, wgtypes.PeerConfig{PublicKey: p.Key, PresharedKey: t.cfg.PSK, Endpoint: ep,
-			ReplaceAllowedIPs: true, AllowedIPs: []net.IPNet{{IP: p.Tunnel.AsSlice(), Mask: net.CIDRMask(128, 128)}}})
+		pc := wgtypes.PeerConfig{PublicKey: p.Key, PresharedKey: t.cfg.PSK, Endpoint: ep, ReplaceAllowedIPs: true}
+		for _, a := range p.allowedIPs() {
+			pc.AllowedIPs = append(pc.AllowedIPs, net.IPNet{IP: a.Addr().AsSlice(), Mask: net.CIDRMask(a.Bits(), a.Addr().BitLen())})
+		}
+		c.Peers = append(c.Peers, pc)
 	}
 	if err := t.wg.ConfigureDevice(t.cfg.Name, c); err != nil {
 		return fmt.Errorf("configure WireGuard on %s: %w", t.cfg.Name, err)
@@ -222,7 +231,10 @@ func (t *userTunnel) SetPeers(peers []WGPeer) error {
 		if t.cfg.PSK != nil {
 			fmt.Fprintf(&b, "preshared_key=%s\n", hex.EncodeToString(t.cfg.PSK[:]))
 		}
-		fmt.Fprintf(&b, "endpoint=%s\nreplace_allowed_ips=true\nallowed_ip=%s/128\n", p.Endpoint, p.Tunnel)
+		fmt.Fprintf(&b, "endpoint=%s\nreplace_allowed_ips=true\n", p.Endpoint)
+		for _, a := range p.allowedIPs() {
+			fmt.Fprintf(&b, "allowed_ip=%s\n", a)
+		}
 	}
 	if err := t.dev.IpcSet(b.String()); err != nil {
 		return fmt.Errorf("configure wireguard-go on %s: %w", t.cfg.Name, err)
