@@ -4,7 +4,7 @@ GO          ?= go
 GOFLAGS_BLD := -tags nosystemd -trimpath
 BIN         := bin/weft
 
-.PHONY: all build rootfs plugin-dir install uninstall demo test deps unit e2e test-kernel test-swarm bench clean
+.PHONY: all build rootfs plugin-dir install uninstall demo test deps unit e2e test-kernel test-swarm bench bench-swarm clean
 
 all: build
 
@@ -59,6 +59,13 @@ test-swarm:
 
 bench:
 	scripts/bench.sh
+
+# Swarm overlay: weft vs Docker's overlay and vs a bare wireguard-go tunnel,
+# between two hosts of a swarm lab of its own; rewrites its section of
+# docs/benchmarks.md. BENCH_PLUGIN_DIR=DIR uses a plugin directory built
+# before instead of building build/plugin.
+bench-swarm: $(if $(BENCH_PLUGIN_DIR),,plugin-dir)
+	BENCH_PLUGIN_DIR=$(or $(BENCH_PLUGIN_DIR),build/plugin) scripts/bench-swarm.sh
 
 clean:
 	rm -rf bin rootfs build

@@ -489,6 +489,10 @@ mkdir -p docs
     echo "  should have removed them):$rate_left"
   fi
 } >"$tmp/benchmarks.md"
+# The section scripts/bench-swarm.sh writes (make bench-swarm) stays.
+if [ -f "$out" ] && grep -qxF '<!-- bench-swarm start -->' "$out"; then
+  { echo; sed -n '/^<!-- bench-swarm start -->$/,/^<!-- bench-swarm end -->$/p' "$out"; } >>"$tmp/benchmarks.md"
+fi
 mv "$tmp/benchmarks.md" "$out"
 say "wrote $out (run took ${took} s)"
 cat "$out"
