@@ -65,11 +65,23 @@ type Cluster struct {
 	ml    *memberlist.Memberlist
 	queue *memberlist.TransmitLimitedQueue
 
-	mu     sync.Mutex
-	self   Node
-	tables map[string]table // by node name, own included
-	kick   chan struct{}
-	done   chan struct{}
+	// mu guards what follows. Never call memberlist while holding it:
+	// memberlist calls the event delegate holding its own lock, and the
+	// delegate takes mu.
+	mu      sync.Mutex
+	self    Node
+	tables  map[string]table  // by node name, own included
+	members map[string]member // live members, copied from the events
+	kick    chan struct{}
+	done    chan struct{}
+}
+
+// member is what the events told about a live member (copied: memberlist
+// rewrites its own Node values under its lock).
+type member struct {
+	node Node // Addr invalid until it announces itself
+	addr string
+	ml   memberlist.Node
 }
 
 // Start creates the member and starts listening; Join connects it.
@@ -80,8 +92,11 @@ func Start(cfg Config) (*Cluster, error) {
 		return nil, fmt.Errorf("gossip key: want 16, 24 or 32 bytes, got %d", len(cfg.Key))
 	}
 	c := &Cluster{cfg: cfg, self: Node{Name: cfg.Name, Addr: cfg.Addr, WG: cfg.WG},
-		tables: map[string]table{cfg.Name: {Node: cfg.Name, Version: time.Now().UnixNano()}},
-		kick:   make(chan struct{}, 1), done: make(chan struct{})}
+		// Version 0: until SetEntries, peers keep what they had of this
+		// node (after a restart, its endpoints are still there).
+		tables:  map[string]table{cfg.Name: {Node: cfg.Name}},
+		members: map[string]member{},
+		kick:    make(chan struct{}, 1), done: make(chan struct{})}
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
 	mc.BindAddr = cfg.Addr.String()
@@ -156,8 +171,32 @@ func (c *Cluster) SetEntries(es []Entry) {
 	c.tables[c.cfg.Name] = t
 	c.mu.Unlock()
 	raw, _ := json.Marshal(t)
-	c.queue.QueueBroadcast(broadcast(raw))
+	if len(raw) <= maxBroadcast {
+		c.queue.QueueBroadcast(broadcast(raw))
+		return
+	}
+	// Too big for a gossip packet, which memberlist would silently never
+	// send: over TCP to each member instead.
+	c.mu.Lock()
+	var to []memberlist.Node
+	for name, m := range c.members {
+		if name != c.cfg.Name {
+			to = append(to, m.ml)
+		}
+	}
+	c.mu.Unlock()
+	for _, n := range to {
+		go func(n memberlist.Node) {
+			if err := c.ml.SendReliable(&n, raw); err != nil {
+				logrus.WithError(err).WithField("member", n.Name).Debug("gossip: sending the endpoint table failed; the next push/pull carries it")
+			}
+		}(n)
+	}
 }
+
+// maxBroadcast is the largest table sent by gossip (UDP, one packet with
+// memberlist's overhead); bigger ones go over TCP.
+const maxBroadcast = 1000
 
 // SetWG changes the announced WireGuard public key.
 func (c *Cluster) SetWG(key string) error {
@@ -181,16 +220,11 @@ func (c *Cluster) Peers() []Peer {
 	var out []Peer
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, m := range c.ml.Members() {
-		if m.Name == c.cfg.Name {
-			continue
+	for name, m := range c.members {
+		if name == c.cfg.Name || !m.node.Addr.IsValid() {
+			continue // this node, or one that has not announced itself yet
 		}
-		var n Node
-		if err := json.Unmarshal(m.Meta, &n); err != nil || !n.Addr.IsValid() {
-			continue // not a weft member, or one that has not announced itself yet
-		}
-		n.Name = m.Name
-		out = append(out, Peer{Node: n, Entries: c.tables[m.Name].Entries})
+		out = append(out, Peer{Node: m.node, Entries: c.tables[name].Entries})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -198,9 +232,11 @@ func (c *Cluster) Peers() []Peer {
 
 // Addrs returns host:port of every live member (for persisting seeds).
 func (c *Cluster) Addrs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	var out []string
-	for _, m := range c.ml.Members() {
-		out = append(out, net.JoinHostPort(m.Addr.String(), strconv.Itoa(int(m.Port))))
+	for _, m := range c.members {
+		out = append(out, m.addr)
 	}
 	sort.Strings(out)
 	return out
@@ -272,8 +308,10 @@ func (d *delegate) LocalState(bool) []byte {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	all := make([]table, 0, len(d.tables))
-	for _, t := range d.tables {
-		all = append(all, t)
+	for name, t := range d.tables {
+		if _, live := d.members[name]; live || name == d.cfg.Name {
+			all = append(all, t) // a departed node's table is not passed on
+		}
 	}
 	raw, _ := json.Marshal(all)
 	return raw
@@ -298,18 +336,36 @@ type events Cluster
 
 func (e *events) NotifyJoin(n *memberlist.Node) {
 	logrus.WithFields(logrus.Fields{"member": n.Name, "addr": n.Addr.String()}).Info("gossip: member joined")
+	e.remember(n)
 	(*Cluster)(e).changed()
+}
+
+// remember copies a member's record (called by memberlist with its lock held).
+func (e *events) remember(n *memberlist.Node) {
+	m := member{addr: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))),
+		ml: memberlist.Node{Name: n.Name, Addr: append(net.IP(nil), n.Addr...), Port: n.Port}}
+	if err := json.Unmarshal(n.Meta, &m.node); err != nil {
+		m.node = Node{}
+	}
+	m.node.Name = n.Name
+	e.mu.Lock()
+	e.members[n.Name] = m
+	e.mu.Unlock()
 }
 
 func (e *events) NotifyLeave(n *memberlist.Node) {
 	logrus.WithFields(logrus.Fields{"member": n.Name, "addr": n.Addr.String()}).Info("gossip: member left; its endpoints are removed")
 	e.mu.Lock()
 	delete(e.tables, n.Name)
+	delete(e.members, n.Name)
 	e.mu.Unlock()
 	(*Cluster)(e).changed()
 }
 
-func (e *events) NotifyUpdate(*memberlist.Node) { (*Cluster)(e).changed() }
+func (e *events) NotifyUpdate(n *memberlist.Node) {
+	e.remember(n)
+	(*Cluster)(e).changed()
+}
 
 // broadcast is a table message; a newer one replaces an older in the queue
 // because Invalidates compares owners.

@@ -20,7 +20,7 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func member(t *testing.T, name string, k []byte) (*Cluster, string) {
+func newMember(t *testing.T, name string, k []byte) (*Cluster, string) {
 	t.Helper()
 	port := freePort(t)
 	c, err := Start(Config{Name: name, Addr: netip.MustParseAddr("127.0.0.1"), Port: port, Key: k, WG: "wg-" + name})
@@ -55,10 +55,10 @@ func entriesOf(c *Cluster, node string) ([]Entry, bool) {
 }
 
 func TestTablesSpreadAndLeave(t *testing.T) {
-	a, aAddr := member(t, "a", key)
+	a, aAddr := newMember(t, "a", key)
 	defer a.Shutdown(false)
-	b, _ := member(t, "b", key)
-	c, _ := member(t, "c", key)
+	b, _ := newMember(t, "b", key)
+	c, _ := newMember(t, "c", key)
 	defer c.Shutdown(false)
 	for _, m := range []*Cluster{b, c} {
 		if _, err := m.Join([]string{aAddr}); err != nil {
@@ -100,9 +100,9 @@ func TestTablesSpreadAndLeave(t *testing.T) {
 }
 
 func TestRestartedNodeWinsWithNewTable(t *testing.T) {
-	a, aAddr := member(t, "a", key)
+	a, aAddr := newMember(t, "a", key)
 	defer a.Shutdown(false)
-	b, _ := member(t, "b", key)
+	b, _ := newMember(t, "b", key)
 	if _, err := b.Join([]string{aAddr}); err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +114,7 @@ func TestRestartedNodeWinsWithNewTable(t *testing.T) {
 		return nil
 	})
 	b.Shutdown(true)
-	b2, _ := member(t, "b", key)
+	b2, _ := newMember(t, "b", key)
 	defer b2.Shutdown(false)
 	if _, err := b2.Join([]string{aAddr}); err != nil {
 		t.Fatal(err)
@@ -129,9 +129,9 @@ func TestRestartedNodeWinsWithNewTable(t *testing.T) {
 }
 
 func TestWrongKeyCannotJoin(t *testing.T) {
-	a, aAddr := member(t, "a", key)
+	a, aAddr := newMember(t, "a", key)
 	defer a.Shutdown(false)
-	x, _ := member(t, "x", []byte("another key, 32 bytes long......"))
+	x, _ := newMember(t, "x", []byte("another key, 32 bytes long......"))
 	defer x.Shutdown(false)
 	if _, err := x.Join([]string{aAddr}); err == nil {
 		t.Fatal("a member with another key joined")
@@ -141,5 +141,60 @@ func TestWrongKeyCannotJoin(t *testing.T) {
 	}
 	if _, err := Start(Config{Name: "y", Addr: netip.MustParseAddr("127.0.0.1"), Port: freePort(t), Key: []byte("short")}); err == nil {
 		t.Fatal("a 5-byte key was accepted")
+	}
+}
+
+// A table too big for one gossip packet still arrives at once (over TCP),
+// not only at the next push/pull (10 s).
+func TestBigTableArrivesQuickly(t *testing.T) {
+	a, aAddr := newMember(t, "a", key)
+	defer a.Shutdown(false)
+	b, _ := newMember(t, "b", key)
+	defer b.Shutdown(false)
+	if _, err := b.Join([]string{aAddr}); err != nil {
+		t.Fatal(err)
+	}
+	var es []Entry
+	for i := 0; i < 60; i++ {
+		es = append(es, Entry{Network: "network-id-0123456789abcdef0123456789", IP: fmt.Sprintf("10.1.%d.%d", i/250, i%250+1), MAC: "02:42:0a:01:00:01"})
+	}
+	b.SetEntries(es)
+	start := time.Now()
+	eventually(t, "a gets b's 60 entries", func() error {
+		if got, _ := entriesOf(a, "b"); len(got) != 60 {
+			return fmt.Errorf("a has %d", len(got))
+		}
+		return nil
+	})
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("60 entries took %v", d)
+	}
+}
+
+// A restarted member starts with an unversioned table: until it sets its
+// entries, the others keep what they knew (its containers still run).
+func TestRestartKeepsEntriesUntilReplaced(t *testing.T) {
+	a, aAddr := newMember(t, "a", key)
+	defer a.Shutdown(false)
+	b, _ := newMember(t, "b", key)
+	if _, err := b.Join([]string{aAddr}); err != nil {
+		t.Fatal(err)
+	}
+	b.SetEntries([]Entry{{Network: "n", IP: "10.0.0.5", MAC: "02:42:0a:00:00:05"}})
+	eventually(t, "a learns b", func() error {
+		if es, _ := entriesOf(a, "b"); len(es) != 1 {
+			return fmt.Errorf("a sees %v", es)
+		}
+		return nil
+	})
+	b.Shutdown(false)
+	b2, _ := newMember(t, "b", key)
+	defer b2.Shutdown(false)
+	if _, err := b2.Join([]string{aAddr}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // a push/pull happened at the join
+	if es, ok := entriesOf(a, "b"); !ok || len(es) != 1 {
+		t.Fatalf("the restarted b's empty table replaced its entries on a: %v (member %v)", es, ok)
 	}
 }

@@ -373,7 +373,19 @@ func TestSwarmEncryptedOverlay(t *testing.T) {
 	// Fail closed: with the plugin (and so the userspace tunnel) stopped on
 	// host 2, its encrypted traffic stops rather than leaving in clear;
 	// after the restart it flows again.
+	e2ip := taskOn(t, te, 2).ip
+	if rt := inHost(1, "ip", "route", "show", "table", strconv.Itoa(encVNI)); !strings.Contains(rt, e2ip+" dev wfwg0") {
+		t.Fatalf("host 1 has no route to host 2's task %s through the tunnel:\n%s", e2ip, rt)
+	}
 	mustHost(t, 2, "plugin", "disable", "-f", plugin)
+	// Host 2's plugin is gone from the gossip: the other nodes drop its
+	// routes (and its WireGuard peer, which goes with them).
+	waitFor(t, 30*time.Second, "host 2's routes gone from host 1", func() error {
+		if rt := inHost(1, "ip", "route", "show", "table", strconv.Itoa(encVNI)); strings.Contains(rt, e2ip+" ") {
+			return fmt.Errorf("still there:\n%s", rt)
+		}
+		return nil
+	})
 	stop = capture(t, "", underlayPort)
 	_, _ = hostDocker(2, "exec", taskOn(t, te, 2).id, "sh", "-c", "echo weft-closed-marker-41 | nc -w 2 "+taskOn(t, te, 1).ip+" 9999")
 	ok := ping(taskOn(t, te, 2), taskOn(t, te, 1).ip)

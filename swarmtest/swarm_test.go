@@ -256,7 +256,7 @@ func TestSwarmGlobalServiceAndBadInput(t *testing.T) {
 		{[]string{"--subnet", "198.19.9.0/24"}, "weft's swarm instance needs option type"},
 		{[]string{"-o", "type=bridge", "--subnet", "198.19.9.0/24"}, "option type=bridge: unknown network type; this weft instance (scope global) supports: ipvlan, macvlan, overlay"},
 		{[]string{"-o", "type=overlay", "-o", "encrypted=maybe", "--subnet", "198.19.9.0/24"}, "option encrypted=\\\"maybe\\\": give -o encrypted"},
-		{[]string{"-o", "type=overlay", "-o", "weft.vni=42", "--subnet", "198.19.9.0/24"}, "option weft.vni is set by weft's swarm manager"},
+		{[]string{"-o", "type=overlay", "-o", "weft.vni=42", "--subnet", "198.19.9.0/24"}, "weft allocates VNIs from 4096 to 16777215; remove the option"},
 		{[]string{"-o", "type=overlay", "-o", "mtu=99999", "--subnet", "198.19.9.0/24"}, "mtu"},
 		{[]string{"-o", "type=macvlan", "-o", "macvlan_mod=bridge", "--subnet", "198.19.9.0/24"}, `did you mean \"macvlan_mode\"`},
 		{[]string{"-o", "type=macvlan", "-o", "rate.egress=fast", "--subnet", "198.19.9.0/24"}, "rate.egress"},

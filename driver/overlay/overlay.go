@@ -13,6 +13,7 @@ import (
 	"hash/fnv"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -57,8 +58,8 @@ const (
 	wgName   = "wfwg0"
 	minVNI   = 4096 // as Docker's overlay: below is for hand-made VXLANs
 	maxVNI   = 1<<24 - 1
-	vxlanOH  = 50  // IPv4 + UDP + VXLAN + inner Ethernet
-	cryptOH  = 60  // WireGuard over IPv4: IP 20 + UDP 8 + WireGuard 32 (encrypted networks are routed, no VXLAN)
+	vxlanOH  = 50 // IPv4 + UDP + VXLAN + inner Ethernet
+	cryptOH  = 60 // WireGuard over IPv4: IP 20 + UDP 8 + WireGuard 32 (encrypted networks are routed, no VXLAN)
 	joinWait = 2 * time.Second
 )
 
@@ -88,16 +89,18 @@ type Type struct {
 	St     *store.Store
 	Rules  Rules
 
-	mu      sync.Mutex
-	self    netip.Addr
-	cluster *gossip.Cluster
-	key     []byte
-	seeds   []string
-	nets    map[string]*api.Network // overlay networks present on this node
-	local   map[string]gossip.Entry // this node's endpoints, by endpoint ID
-	tun     Tunnel
-	wgKey   wgtypes.Key
-	stop    chan struct{}
+	mu         sync.Mutex
+	self       netip.Addr
+	cluster    *gossip.Cluster
+	key        []byte
+	seeds      []string
+	joined     bool                    // gossip has shown peers since the start
+	savedPeers string                  // the member list last written to the store
+	nets       map[string]*api.Network // overlay networks present on this node
+	local      map[string]gossip.Entry // this node's endpoints, by endpoint ID
+	tun        Tunnel
+	wgKey      wgtypes.Key
+	stop       chan struct{}
 }
 
 func (t *Type) init() {
@@ -201,9 +204,15 @@ func (t *Type) Allocate(netID string, opts map[string]string) (map[string]string
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.init()
-	for _, k := range []string{OptVNI, OptKey, OptSeeds, OptCipher} {
-		if _, ok := opts[k]; ok {
-			return nil, fmt.Errorf("option %s is set by weft's swarm manager; remove it from docker network create", k)
+	// A manager's allocator re-allocates every network when it starts (a
+	// restart, a new leader) and passes back what weft returned before:
+	// then the VNI and key are kept, not refused.
+	prevVNI, replay := opts[OptVNI]
+	if !replay {
+		for _, k := range []string{OptKey, OptSeeds, OptCipher} {
+			if _, ok := opts[k]; ok {
+				return nil, fmt.Errorf("option %s is set by weft's swarm manager; remove it from docker network create", k)
+			}
 		}
 	}
 	enc, err := encrypted(opts)
@@ -217,8 +226,18 @@ func (t *Type) Allocate(netID string, opts map[string]string) (map[string]string
 	if err != nil {
 		return nil, err
 	}
-	vni, err := t.allocateVNI(netID)
-	if err != nil {
+	var vni int
+	if replay {
+		if vni, err = t.keepVNI(netID, prevVNI); err != nil {
+			return nil, err
+		}
+		if k := opts[OptKey]; k != "" && len(t.Cfg.ClusterKey) == 0 {
+			// A new leader adopts the swarm's key instead of minting its own.
+			if err := t.adoptKey(k); err != nil {
+				return nil, err
+			}
+		}
+	} else if vni, err = t.allocateVNI(netID); err != nil {
 		return nil, err
 	}
 	key, err := t.clusterKey()
@@ -251,6 +270,52 @@ func (t *Type) Allocate(netID string, opts map[string]string) (map[string]string
 // Free releases a VNI on the manager (FreeNetwork).
 func (t *Type) Free(netID string) error {
 	return t.St.Update(func(tx *store.Tx) error { return tx.Delete(bucket, "vni/"+netID) })
+}
+
+// keepVNI records a replayed network's VNI (unless another network of
+// this manager has it).
+func (t *Type) keepVNI(netID, s string) (int, error) {
+	v, err := strconv.Atoi(s)
+	if err != nil || v < minVNI || v > maxVNI {
+		return 0, fmt.Errorf("option %s=%q: weft allocates VNIs from %d to %d; remove the option", OptVNI, s, minVNI, maxVNI)
+	}
+	var clash string
+	err = t.St.View(func(tx *store.Tx) error {
+		return tx.ForEach(bucket, "vni/", func(k string, raw []byte) error {
+			var x int
+			if store.Decode(raw, &x) == nil && x == v && k != "vni/"+netID {
+				clash = strings.TrimPrefix(k, "vni/")
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return 0, err
+	}
+	if clash != "" {
+		return 0, fmt.Errorf("option %s=%d: VNI already used by network %.12s", OptVNI, v, clash)
+	}
+	if err := t.St.Update(func(tx *store.Tx) error { return tx.Put(bucket, "vni/"+netID, v) }); err != nil {
+		return 0, fmt.Errorf("save VNI: %w", err)
+	}
+	return v, nil
+}
+
+// adoptKey makes a key learned from a network this node's cluster key, in
+// the store: a manager that later allocates hands out the same one.
+func (t *Type) adoptKey(b64 string) error {
+	k, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil || (len(k) != 16 && len(k) != 24 && len(k) != 32) {
+		return fmt.Errorf("option %s: not a 16, 24 or 32 byte base64 key", OptKey)
+	}
+	var cur string
+	if ok, _ := get(t.St, "key", &cur); ok && cur == b64 {
+		return nil
+	}
+	if err := t.St.Update(func(tx *store.Tx) error { return tx.Put(bucket, "key", b64) }); err != nil {
+		return fmt.Errorf("save cluster key: %w", err)
+	}
+	return nil
 }
 
 func (t *Type) allocateVNI(netID string) (int, error) {
@@ -291,6 +356,9 @@ func (t *Type) allocateVNI(netID string) (int, error) {
 func (t *Type) clusterKey() ([]byte, error) {
 	if len(t.Cfg.ClusterKey) > 0 {
 		return t.Cfg.ClusterKey, nil
+	}
+	if t.cluster != nil {
+		return t.key, nil // the key the running control plane uses
 	}
 	var s string
 	if ok, err := get(t.St, "key", &s); err != nil {
@@ -371,7 +439,10 @@ func (t *Type) Validate(n *api.Network, existing []*api.Network) error {
 	}
 	if mtu == 0 {
 		mtu = 1500
-		if self, err := t.selfAddr(strings.Split(o[OptSeeds], ",")); err == nil {
+		t.mu.Lock()
+		self, err := t.selfAddr(strings.Split(o[OptSeeds], ","))
+		t.mu.Unlock()
+		if err == nil {
 			mtu = underlayMTU(self)
 		}
 		if enc {
@@ -440,15 +511,41 @@ func (t *Type) ensureCluster(key []byte, seeds []string) error {
 // joinLoop contacts the seeds until some member answers, and again
 // whenever this node finds itself alone (e.g. after the others restarted).
 func (t *Type) joinLoop(c *gossip.Cluster, stop chan struct{}) {
+	alone, tick := 0, 0
 	for {
 		t.mu.Lock()
 		seeds := append([]string(nil), t.seeds...)
 		t.mu.Unlock()
-		if len(c.Addrs()) < 2 && len(seeds) > 0 {
+		members := c.Addrs()
+		tick++
+		switch {
+		case len(members) < 2 && len(seeds) > 0:
 			if n, err := c.Join(seeds); err != nil {
-				logrus.WithError(err).Debug("overlay: no gossip seed answered yet")
+				alone++
+				log := logrus.WithError(err).WithField("seeds", strings.Join(seeds, ","))
+				if alone%15 == 0 { // every 30 s: a firewall, or GOSSIP_PORT differing between nodes?
+					log.Warnf("overlay: no other node answers on the gossip port %d (TCP and UDP must be open between nodes)", t.Cfg.GossipPort)
+				} else {
+					log.Debug("overlay: no gossip seed answered yet")
+				}
 			} else if n > 0 {
+				alone = 0
 				logrus.WithField("contacted", n).Info("overlay: joined the control plane")
+			}
+		case tick%15 == 0:
+			// Heal partitions: memberlist never calls back members it
+			// declared dead, so known nodes that are not members are tried
+			// again now and then.
+			var missing []string
+			for _, s := range seeds {
+				if !slices.Contains(members, s) {
+					missing = append(missing, s)
+				}
+			}
+			if len(missing) > 0 {
+				if n, err := c.Join(missing); err == nil && n > 0 {
+					logrus.WithField("contacted", n).Info("overlay: reconnected gossip peers")
+				}
 			}
 		}
 		select {
@@ -466,7 +563,9 @@ func (t *Type) onChange() {
 	if t.cluster == nil {
 		return
 	}
-	if addrs := t.cluster.Addrs(); len(addrs) > 1 {
+	t.joined = t.joined || len(t.cluster.Peers()) > 0
+	if addrs := t.cluster.Addrs(); len(addrs) > 1 && strings.Join(addrs, ",") != t.savedPeers {
+		t.savedPeers = strings.Join(addrs, ",")
 		if err := t.St.Update(func(tx *store.Tx) error { return tx.Put(bucket, "peers", addrs) }); err != nil {
 			logrus.WithError(err).Warn("overlay: cannot save gossip peers")
 		}
@@ -616,8 +715,8 @@ func (t *Type) ensureTunnel() error {
 		return fmt.Errorf("-o encrypted: the guard against cleartext VXLAN: %w", err)
 	}
 	if err := t.cluster.SetWG(k.PublicKey().String()); err != nil {
-		t.closeTunnel()
-		return err
+		// The key is in this node's record already; the next push/pull spreads it.
+		logrus.WithError(err).Warn("overlay: announcing the WireGuard key is slow; peers learn it at the next exchange")
 	}
 	logrus.WithFields(logrus.Fields{"backend": tun.Backend(), "device": wgName, "port": t.Cfg.WGPort, "address": TunnelAddr(t.self)}).Info("overlay: encryption tunnel up")
 	return nil
@@ -718,6 +817,11 @@ func (t *Type) prepare(n *api.Network) error {
 	if err != nil {
 		return err
 	}
+	if len(t.Cfg.ClusterKey) == 0 && t.cluster == nil {
+		if err := t.adoptKey(n.Options[OptKey]); err != nil {
+			return err
+		}
+	}
 	if t.cluster != nil && string(key) != string(t.key) {
 		return fmt.Errorf("network %.12s carries a different cluster key than the other overlay networks on this node; were they created by different swarms?", n.ID)
 	}
@@ -755,8 +859,13 @@ func (t *Type) CreateNetwork(n *api.Network, others []*api.Network) error {
 // network needs them any more.
 func (t *Type) teardown(n *api.Network, others []*api.Network) {
 	delete(t.nets, n.ID)
+	// Judged by every stored network (others), not only those set up here:
+	// one whose reconcile failed still needs the tunnel and rules.
 	anyEnc, anyOverlay := false, false
-	for _, o := range t.nets {
+	for _, o := range append(others, mapValues(t.nets)...) {
+		if o.ID == n.ID || o.Type != "overlay" && o.State[stVNI] == "" {
+			continue
+		}
 		anyOverlay = true
 		anyEnc = anyEnc || isEnc(o)
 	}
@@ -774,6 +883,14 @@ func (t *Type) teardown(n *api.Network, others []*api.Network) {
 			logrus.WithError(err).Warn("overlay: removing rules failed")
 		}
 	}
+}
+
+func mapValues(m map[string]*api.Network) []*api.Network {
+	out := make([]*api.Network, 0, len(m))
+	for _, n := range m {
+		out = append(out, n)
+	}
+	return out
 }
 
 // DeleteNetwork implements api.NetworkType.
@@ -930,6 +1047,11 @@ func (t *Type) Reconcile(n *api.Network, eps []*api.Endpoint) error {
 		return errors.Join(errs...)
 	}
 	t.publish()
+	if !t.joined {
+		// Just started: an empty view would wipe the entries the kernel
+		// still has from before; the first gossip change programs them.
+		return nil
+	}
 	return t.program(n, t.cluster.Peers())
 }
 

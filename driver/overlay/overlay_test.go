@@ -11,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/weft-net/weft/driver/api"
 	"github.com/weft-net/weft/gossip"
@@ -51,7 +52,7 @@ func newType(t *testing.T) (*Type, *fakeRules) {
 func TestAllocate(t *testing.T) {
 	ty, _ := newType(t)
 	for opt, want := range map[string]string{
-		OptVNI: "option weft.vni is set by weft's swarm manager", OptKey: "option weft.gossip_key is set",
+		OptVNI: `option weft.vni="x": weft allocates VNIs from 4096`, OptKey: "option weft.gossip_key is set",
 		OptEncrypted: "", OptMTU: "",
 	} {
 		o := map[string]string{opt: "x"}
@@ -284,4 +285,58 @@ func TestDiscoveredNodesBecomeSeeds(t *testing.T) {
 	if ty.self.String() != "127.0.0.1" {
 		t.Fatalf("a non-self discovery changed this node's address to %s", ty.self)
 	}
+}
+
+// A manager's allocator replays AllocateNetwork with what weft returned;
+// a new leader (another store) keeps the VNI and adopts the swarm's key.
+func TestAllocateReplay(t *testing.T) {
+	ty, _ := newType(t)
+	first, err := ty.Allocate("net-r", map[string]string{"type": "overlay", OptEncrypted: ""})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := ty.Allocate("net-r", first)
+	if err != nil {
+		t.Fatalf("replay refused: %v", err)
+	}
+	if again[OptVNI] != first[OptVNI] || again[OptKey] != first[OptKey] || again[OptCipher] != "wireguard" {
+		t.Errorf("replay changed the allocation: %v -> %v", first, again)
+	}
+	leader, _ := newType(t)
+	re, err := leader.Allocate("net-r", first)
+	if err != nil {
+		t.Fatalf("new leader's replay: %v", err)
+	}
+	fresh, err := leader.Allocate("net-s", map[string]string{"type": "overlay"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if re[OptVNI] != first[OptVNI] || fresh[OptKey] != first[OptKey] || fresh[OptVNI] == first[OptVNI] {
+		t.Errorf("new leader: replay %v, new network %v; first %v", re, fresh, first)
+	}
+	clash := map[string]string{"type": "overlay", OptVNI: first[OptVNI]}
+	if _, err := leader.Allocate("net-t", clash); err == nil || !strings.Contains(err.Error(), "already used by network net-r") {
+		t.Errorf("a second network with the same VNI: %v", err)
+	}
+}
+
+func TestPeerDiff(t *testing.T) {
+	var d peerDiff
+	k1, k2 := wgtypes.Key{1}, wgtypes.Key{2}
+	p1 := WGPeer{Key: k1, Endpoint: netip.MustParseAddrPort("192.0.2.1:51830"), Tunnel: TunnelAddr(netip.MustParseAddr("192.0.2.1"))}
+	p2 := WGPeer{Key: k2, Endpoint: netip.MustParseAddrPort("192.0.2.2:51830"), Tunnel: TunnelAddr(netip.MustParseAddr("192.0.2.2"))}
+	up, rm, next := d.diff([]WGPeer{p1, p2})
+	if len(up) != 2 || len(rm) != 0 {
+		t.Fatalf("first: upsert %d remove %d", len(up), len(rm))
+	}
+	d.applied = next
+	if up, rm, _ := d.diff([]WGPeer{p1, p2}); len(up)+len(rm) != 0 {
+		t.Fatalf("unchanged peers touched: %v %v", up, rm)
+	}
+	p2.Allowed = []netip.Prefix{netip.MustParsePrefix("10.9.0.7/32")}
+	up, rm, next = d.diff([]WGPeer{p2})
+	if len(up) != 1 || up[0].Key != k2 || len(rm) != 1 || rm[0] != k1 {
+		t.Fatalf("change: upsert %v remove %v", up, rm)
+	}
+	d.applied = next
 }

@@ -148,6 +148,34 @@ func RemoveBlackhole() { _ = netlink.RouteDel(blackhole()) }
 type kernelTunnel struct {
 	cfg WGConfig
 	wg  *wgctrl.Client
+	peerDiff
+}
+
+// peerDiff remembers the peers a tunnel was given, so that a change touches
+// only the peers that changed: replacing them all would drop every
+// session (and packets in flight) at each container start in the swarm.
+type peerDiff struct {
+	applied map[wgtypes.Key]string // key -> endpoint and allowed IPs
+}
+
+func (p WGPeer) signature() string { return fmt.Sprint(p.Endpoint, p.allowedIPs()) }
+
+// diff returns the peers to add or update and the keys to remove, and
+// records peers as applied (call commit on success).
+func (d *peerDiff) diff(peers []WGPeer) (upsert []WGPeer, remove []wgtypes.Key, next map[wgtypes.Key]string) {
+	next = map[wgtypes.Key]string{}
+	for _, p := range peers {
+		next[p.Key] = p.signature()
+		if d.applied[p.Key] != next[p.Key] {
+			upsert = append(upsert, p)
+		}
+	}
+	for k := range d.applied {
+		if _, ok := next[k]; !ok {
+			remove = append(remove, k)
+		}
+	}
+	return upsert, remove, next
 }
 
 func openKernel(cfg WGConfig) (Tunnel, error) {
@@ -160,9 +188,10 @@ func openKernel(cfg WGConfig) (Tunnel, error) {
 		return nil, fmt.Errorf("WireGuard netlink: %w", err)
 	}
 	t := &kernelTunnel{cfg: cfg, wg: c}
-	if err := t.SetPeers(nil); err != nil {
+	port := cfg.Port
+	if err := c.ConfigureDevice(cfg.Name, wgtypes.Config{PrivateKey: &cfg.Key, ListenPort: &port, ReplacePeers: true}); err != nil {
 		_ = t.Close()
-		return nil, err
+		return nil, fmt.Errorf("configure WireGuard on %s: %w", cfg.Name, err)
 	}
 	return t, nil
 }
@@ -170,9 +199,15 @@ func openKernel(cfg WGConfig) (Tunnel, error) {
 func (t *kernelTunnel) Backend() string { return "kernel WireGuard" }
 
 func (t *kernelTunnel) SetPeers(peers []WGPeer) error {
-	port := t.cfg.Port
-	c := wgtypes.Config{PrivateKey: &t.cfg.Key, ListenPort: &port, ReplacePeers: true}
-	for _, p := range peers {
+	upsert, remove, next := t.diff(peers)
+	if len(upsert) == 0 && len(remove) == 0 {
+		return nil
+	}
+	var c wgtypes.Config
+	for _, k := range remove {
+		c.Peers = append(c.Peers, wgtypes.PeerConfig{PublicKey: k, Remove: true})
+	}
+	for _, p := range upsert {
 		ep := net.UDPAddrFromAddrPort(p.Endpoint)
 		pc := wgtypes.PeerConfig{PublicKey: p.Key, PresharedKey: t.cfg.PSK, Endpoint: ep, ReplaceAllowedIPs: true}
 		for _, a := range p.allowedIPs() {
@@ -183,6 +218,7 @@ func (t *kernelTunnel) SetPeers(peers []WGPeer) error {
 	if err := t.wg.ConfigureDevice(t.cfg.Name, c); err != nil {
 		return fmt.Errorf("configure WireGuard on %s: %w", t.cfg.Name, err)
 	}
+	t.applied = next
 	return nil
 }
 
@@ -195,6 +231,7 @@ func (t *kernelTunnel) Close() error {
 type userTunnel struct {
 	cfg WGConfig
 	dev *device.Device
+	peerDiff
 }
 
 func openUserspace(cfg WGConfig) (Tunnel, error) {
@@ -224,9 +261,15 @@ func (t *userTunnel) Backend() string { return "wireguard-go (userspace)" }
 
 // SetPeers speaks wireguard-go's UAPI text: hex keys, one key=value a line.
 func (t *userTunnel) SetPeers(peers []WGPeer) error {
+	upsert, remove, next := t.diff(peers)
+	if len(upsert) == 0 && len(remove) == 0 {
+		return nil
+	}
 	var b strings.Builder
-	b.WriteString("replace_peers=true\n")
-	for _, p := range peers {
+	for _, k := range remove {
+		fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hex.EncodeToString(k[:]))
+	}
+	for _, p := range upsert {
 		fmt.Fprintf(&b, "public_key=%s\n", hex.EncodeToString(p.Key[:]))
 		if t.cfg.PSK != nil {
 			fmt.Fprintf(&b, "preshared_key=%s\n", hex.EncodeToString(t.cfg.PSK[:]))
@@ -239,6 +282,7 @@ func (t *userTunnel) SetPeers(peers []WGPeer) error {
 	if err := t.dev.IpcSet(b.String()); err != nil {
 		return fmt.Errorf("configure wireguard-go on %s: %w", t.cfg.Name, err)
 	}
+	t.applied = next
 	return nil
 }
 
