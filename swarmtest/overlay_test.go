@@ -183,6 +183,17 @@ func TestSwarmOverlayAcrossHosts(t *testing.T) {
 		return nil
 	})
 
+	// A firewall reload that flushes weft's chain: the rules come back.
+	if out, err := osexec.Command("ip", "netns", "exec", "wfsw-h2", "iptables", "-F", "WEFTS-FORWARD").CombinedOutput(); err != nil {
+		t.Fatalf("flush: %v %s", err, out)
+	}
+	waitFor(t, 45*time.Second, "WEFTS-FORWARD restored on host 2", func() error {
+		if out := inHost(2, "iptables", "-S", "WEFTS-FORWARD"); !strings.Contains(out, "wfov+") {
+			return fmt.Errorf("chain: %s", out)
+		}
+		return nil
+	})
+
 	// docker run on the attachable overlay, on a worker.
 	c := uniq("run")
 	mustHost(t, 3, "run", "-d", "--name", c, "--network", n, image, "sleep", "3600")

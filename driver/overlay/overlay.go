@@ -533,6 +533,7 @@ func (t *Type) joinLoop(c *gossip.Cluster, stop chan struct{}) {
 				logrus.WithField("contacted", n).Info("overlay: joined the control plane")
 			}
 		case tick%15 == 0:
+			t.recheckRules()
 			// Heal partitions: memberlist never calls back members it
 			// declared dead, so known nodes that are not members are tried
 			// again now and then.
@@ -553,6 +554,20 @@ func (t *Type) joinLoop(c *gossip.Cluster, stop chan struct{}) {
 			return
 		case <-time.After(joinWait):
 		}
+	}
+}
+
+// recheckRules puts back the overlay's iptables rules if something (a
+// firewall reload) removed them.
+func (t *Type) recheckRules() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.nets) == 0 || t.Rules == nil {
+		return
+	}
+	guard := t.tun != nil
+	if err := t.Rules.Ensure(t.Cfg.VXLANPort, wgName, tunnelPrefix, guard); err != nil {
+		logrus.WithError(err).Warn("overlay: re-checking the iptables rules failed")
 	}
 }
 

@@ -340,3 +340,17 @@ func TestPeerDiff(t *testing.T) {
 	}
 	d.applied = next
 }
+
+func TestRecheckRules(t *testing.T) {
+	ty, rules := newType(t)
+	ty.recheckRules()
+	if rules.ensured != 0 {
+		t.Fatalf("rules ensured without any overlay network")
+	}
+	ty.init()
+	ty.nets["n"] = &api.Network{ID: "n"}
+	ty.recheckRules()
+	if rules.ensured != 1 {
+		t.Fatalf("rules ensured %d times, want 1", rules.ensured)
+	}
+}
