@@ -214,6 +214,9 @@ func run(s Settings) error {
 		if err := drv.Reconcile(); err != nil {
 			logrus.WithError(err).Error("reconcile at start found problems")
 		}
+		if ovl != nil {
+			ovl.Resume()
+		}
 	}()
 	stop := make(chan struct{})
 	defer close(stop)

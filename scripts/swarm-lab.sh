@@ -10,6 +10,7 @@
 #   scripts/swarm-lab.sh down              stop everything and remove what "up" made
 #   scripts/swarm-lab.sh docker N ARGS...  run the docker CLI against host N
 #   scripts/swarm-lab.sh pid N             the pid of host N's dockerd
+#   scripts/swarm-lab.sh restart N         restart host N's dockerd
 #
 # Services should name the test image by ID (docker image inspect -f
 # '{{.Id}}' weft-test/busybox) with --no-resolve-image: a name makes every
@@ -49,6 +50,11 @@ start_host() {
   ip -n "$(ns "$i")" link set eth0 up
   ip -n "$(ns "$i")" route add default via "$underlay.254"
   mkdir -p "$data/h$i/docker" "$data/h$i/state" "$run/cg-h$i"
+  start_dockerd "$i"
+}
+
+start_dockerd() {
+  local i=$1
   # dockerd needs the cgroup tree and a sysfs showing its own namespace;
   # `ip netns exec` would remount /sys and hide the cgroups.
   nsenter --net="/var/run/netns/$(ns "$i")" unshare -m -u --propagation private sh -c "
@@ -57,7 +63,7 @@ start_host() {
     mount -t sysfs sysfs /sys &&
     mount --rbind $run/cg-h$i /sys/fs/cgroup &&
     mount -t tmpfs tmpfs /run && mount --make-rshared / &&
-    exec dockerd --data-root $data/h$i/docker --pidfile /run/docker.pid" >"$data/h$i/dockerd.log" 2>&1 </dev/null &
+    exec dockerd --data-root $data/h$i/docker --pidfile /run/docker.pid" >>"$data/h$i/dockerd.log" 2>&1 </dev/null &
   echo $! >"$run/h$i.pid"
 }
 
@@ -145,10 +151,24 @@ down() {
   echo "swarm-lab: down"
 }
 
+# restart N: stop host N's dockerd as a host shutdown would and start it
+# again (its containers stop; swarm restarts its tasks).
+restart() {
+  local i=$1 pid
+  pid=$(pidof_host "$i")
+  kill "$pid"
+  for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  kill -9 "$pid" 2>/dev/null || true
+  umount -l "$run/cg-h$i" 2>/dev/null || true
+  start_dockerd "$i"
+  wait_docker "$i"
+}
+
 case "${1:-}" in
   up) shift; up "$@" ;;
+  restart) restart "$2" ;;
   down) down ;;
   docker) shift; hdocker "$@" ;;
   pid) pidof_host "$2" ;;
-  *) echo "usage: $0 up [PLUGIN_DIR] | down | docker N ARGS... | pid N" >&2; exit 2 ;;
+  *) echo "usage: $0 up [PLUGIN_DIR] | down | restart N | docker N ARGS... | pid N" >&2; exit 2 ;;
 esac

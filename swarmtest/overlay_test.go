@@ -434,3 +434,44 @@ func guardDrops(n int) int {
 	}
 	return -1
 }
+
+// TestSwarmManagerRestart: a restarted manager re-allocates every network
+// with the options weft returned before; weft keeps the VNI and the key,
+// tasks it then schedules join the same overlay, and a new network gets the
+// same cluster key.
+func TestSwarmManagerRestart(t *testing.T) {
+	n := swarmNetwork(t, "--attachable", "-o", "type=overlay", "-o", "encrypted", "--subnet", "10.34.0.0/24")
+	svc := service(t, "--replicas", "3", "--stop-grace-period", "1s", "--constraint", "node.role==worker", "--network", n)
+	allReachAll(t, waitTasks(t, svc, 3))
+	key, vni := netOpt(t, n, "weft.gossip_key"), netOpt(t, n, "weft.vni")
+	logFile := "/var/lib/weft-swarm/h1/dockerd.log"
+	before, err := os.Stat(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := osexec.Command("../scripts/swarm-lab.sh", "restart", "1").CombinedOutput(); err != nil {
+		t.Fatalf("restart the manager: %v\n%s", err, out)
+	}
+	waitFor(t, 60*time.Second, "the manager is back", func() error {
+		_, err := hostDocker(1, "node", "ls", "-q")
+		return err
+	})
+	if k, v := netOpt(t, n, "weft.gossip_key"), netOpt(t, n, "weft.vni"); k != key || v != vni {
+		t.Errorf("after the restart: VNI %s (was %s), key changed: %v", v, vni, k != key)
+	}
+	mustHost(t, 1, "service", "scale", "-d", svc+"=5")
+	allReachAll(t, waitTasks(t, svc, 5))
+	n2 := swarmNetwork(t, "-o", "type=overlay", "--subnet", "10.35.0.0/24")
+	if k := netOpt(t, n2, "weft.gossip_key"); k != key {
+		t.Errorf("a network created after the restart has another cluster key")
+	}
+	b, _ := os.ReadFile(logFile)
+	if tail := string(b[min(int(before.Size()), len(b)):]); strings.Contains(tail, "Failed allocation") {
+		for _, l := range strings.Split(tail, "\n") {
+			if strings.Contains(l, "Failed allocation") {
+				t.Errorf("after the restart: %s", l)
+			}
+		}
+	}
+	removeAndCheckClean(t, []string{svc}, []string{n, n2})
+}

@@ -58,8 +58,8 @@ const (
 	wgName   = "wfwg0"
 	minVNI   = 4096 // as Docker's overlay: below is for hand-made VXLANs
 	maxVNI   = 1<<24 - 1
-	vxlanOH  = 50 // IPv4 + UDP + VXLAN + inner Ethernet
-	cryptOH  = 60 // WireGuard over IPv4: IP 20 + UDP 8 + WireGuard 32 (encrypted networks are routed, no VXLAN)
+	vxlanOH  = 50 // IPv4 + UDP + VXLAN + inner Ethernet (20 more over IPv6)
+	cryptOH  = 60 // WireGuard over IPv4: IP 20 + UDP 8 + WireGuard 32 (20 more over IPv6); encrypted networks are routed, no VXLAN
 	joinWait = 2 * time.Second
 )
 
@@ -445,11 +445,7 @@ func (t *Type) Validate(n *api.Network, existing []*api.Network) error {
 		if err == nil {
 			mtu = underlayMTU(self)
 		}
-		if enc {
-			mtu -= cryptOH
-		} else {
-			mtu -= vxlanOH
-		}
+		mtu -= overhead(self, enc)
 	}
 	if mtu < 576 {
 		return fmt.Errorf("the underlay's MTU leaves %d bytes for containers; set option %s to at least 576 or raise the underlay's MTU", mtu, OptMTU)
@@ -458,6 +454,18 @@ func (t *Type) Validate(n *api.Network, existing []*api.Network) error {
 	n.State = map[string]string{stVNI: strconv.Itoa(vni), stMTU: strconv.Itoa(mtu), stBridge: "wfov" + id,
 		stVXLAN: "wfvx" + id, stEncrypted: strconv.FormatBool(enc)}
 	return nil
+}
+
+// overhead is what the encapsulation takes from the underlay's MTU.
+func overhead(underlay netip.Addr, enc bool) int {
+	o := vxlanOH
+	if enc {
+		o = cryptOH
+	}
+	if underlay.Is6() {
+		o += 20 // an IPv6 header is 40 bytes, not 20
+	}
+	return o
 }
 
 // underlayMTU is the MTU of the link holding the address, or 1500.
@@ -719,7 +727,7 @@ func (t *Type) ensureTunnel() error {
 		return err
 	}
 	psk := DerivePSK(t.key)
-	mtu := underlayMTU(t.self) - 60
+	mtu := underlayMTU(t.self) - overhead(t.self, true)
 	tun, err := OpenTunnel(WGConfig{Name: wgName, Port: t.Cfg.WGPort, MTU: mtu, Key: k, PSK: &psk, Addr: TunnelAddr(t.self), Force: t.Cfg.WGBackend})
 	if err != nil {
 		return fmt.Errorf("-o encrypted: %w", err)
@@ -1090,6 +1098,34 @@ func (t *Type) Describe(n *api.Network, _ *api.Endpoint) map[string]string {
 		out["weft.overlay.peers"] = strconv.Itoa(len(t.cluster.Peers()))
 	}
 	return out
+}
+
+// Resume starts the control plane at plugin start on a manager that has
+// allocated overlay networks, even with none of their tasks here: every
+// network's seeds name it.
+func (t *Type) Resume() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.init()
+	if t.cluster != nil {
+		return
+	}
+	allocated := false
+	_ = t.St.View(func(tx *store.Tx) error {
+		allocated = tx.Count(bucket, "vni/") > 0
+		return nil
+	})
+	var stored string
+	if ok, _ := get(t.St, "key", &stored); !allocated || (!ok && len(t.Cfg.ClusterKey) == 0) {
+		return
+	}
+	key, err := t.clusterKey()
+	if err == nil {
+		err = t.ensureCluster(key, nil)
+	}
+	if err != nil {
+		logrus.WithError(err).Warn("overlay: cannot restart the control plane on this manager; it starts with the next overlay network")
+	}
 }
 
 // Shutdown leaves the control plane (plugin stop). Devices stay: containers

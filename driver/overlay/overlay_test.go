@@ -354,3 +354,37 @@ func TestRecheckRules(t *testing.T) {
 		t.Fatalf("rules ensured %d times, want 1", rules.ensured)
 	}
 }
+
+func TestOverhead(t *testing.T) {
+	v4, v6 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")
+	for _, c := range []struct {
+		a    netip.Addr
+		enc  bool
+		want int
+	}{{v4, false, 50}, {v4, true, 60}, {v6, false, 70}, {v6, true, 80}} {
+		if got := overhead(c.a, c.enc); got != c.want {
+			t.Errorf("overhead(%s, encrypted %v) = %d, want %d", c.a, c.enc, got, c.want)
+		}
+	}
+}
+
+func TestResumeOnManager(t *testing.T) {
+	ty, _ := newType(t)
+	ty.Resume()
+	if ty.cluster != nil {
+		t.Fatal("a node that allocated nothing started the control plane")
+	}
+	if _, err := ty.Allocate("net-m", map[string]string{"type": "overlay"}); err != nil {
+		t.Fatal(err)
+	}
+	ty.Shutdown()
+	if ty.cluster != nil {
+		t.Fatal("still running after Shutdown")
+	}
+	restarted := &Type{Scope: ty.Scope, Member: "m1", St: ty.St, Rules: &fakeRules{}, Cfg: ty.Cfg}
+	defer restarted.Shutdown()
+	restarted.Resume()
+	if restarted.cluster == nil {
+		t.Fatal("the restarted manager did not start the control plane")
+	}
+}

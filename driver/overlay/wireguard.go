@@ -83,7 +83,8 @@ type WGConfig struct {
 // the node's tunnel address and is up before it returns.
 func OpenTunnel(cfg WGConfig) (Tunnel, error) {
 	if l, err := netlink.LinkByName(cfg.Name); err == nil {
-		if l.Attrs().Alias != wgAlias {
+		// Unlabelled is weft's too: a crash between creating and labelling.
+		if a := l.Attrs().Alias; a != wgAlias && a != "" {
 			return nil, fmt.Errorf("an interface named %s exists and is not weft's; remove or rename it", cfg.Name)
 		}
 		_ = netlink.LinkDel(l) // weft's leftover from a crash: start clean
