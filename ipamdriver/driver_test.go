@@ -717,3 +717,25 @@ func TestPoolToleratesSwarmGatewayOption(t *testing.T) {
 	f.poolErr(ipam.RequestPoolRequest{AddressSpace: GlobalAddressSpace, Pool: "10.42.0.0/24",
 		Options: map[string]string{"color": "blue"}}, "unknown --ipam-opt color")
 }
+
+// A node of a swarm asking for an IPv6 address itself: the manager gave
+// none, and another node would hand out the same one. Refused, clearly;
+// gateways (each node's own) and given addresses are fine.
+func TestSwarmNodeRefusesOwnIPv6Choice(t *testing.T) {
+	f := newFixture(t)
+	f.cfg.Swarm = true
+	f.restart()
+	p := f.pool(ipam.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: "fd00:41::/64", V6: true})
+	if _, err := f.d.RequestAddress(addrReq(p.PoolID, "", true)); err != nil {
+		t.Fatalf("gateway: %v", err)
+	}
+	if _, err := f.d.RequestAddress(addrReq(p.PoolID, "fd00:41::9", false)); err != nil {
+		t.Fatalf("an address from the manager: %v", err)
+	}
+	_, err := f.d.RequestAddress(addrReq(p.PoolID, "", false))
+	wantErr(t, err, "gave this container no IPv6 address", "without --ipv6")
+	p4 := f.pool(ipam.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: "10.41.0.0/24"})
+	if _, err := f.d.RequestAddress(addrReq(p4.PoolID, "", false)); err != nil {
+		t.Fatalf("IPv4 stays as it was: %v", err)
+	}
+}

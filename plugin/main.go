@@ -159,6 +159,9 @@ func run(s Settings) error {
 		}
 	}
 	switch {
+	case s.Scope == "global":
+		// The overlay installs its own WEFTS-* rules (overlayType).
+		fw = firewall.New(nil, nil)
 	case backend == "none":
 		// For kernels without netfilter (the kernel lab): macvlan and
 		// ipvlan need no rules, but bridge networks get no NAT or isolation.
@@ -170,7 +173,9 @@ func run(s Settings) error {
 	default:
 		fw = firewall.New(v4, v6)
 	}
-	logrus.WithFields(logrus.Fields{"backend": backend, "why": why}).Info("iptables backend chosen")
+	if s.Scope == "local" {
+		logrus.WithFields(logrus.Fields{"backend": backend, "why": why}).Info("iptables backend chosen")
+	}
 
 	ipd, err := ipamdriver.New(st, ipamdriver.Config{DefaultPools: pools, Swarm: s.Scope == "global"})
 	if err != nil {
@@ -267,10 +272,11 @@ func overlayType(s Settings, st *store.Store, label string) (*overlay.Type, erro
 		cfg.ClusterKey = k
 	}
 	cfg.KeyFile = filepath.Join(s.StateDir, "wireguard-"+s.Scope+".key")
-	backend, _, err := firewall.DetectBackend(s.IPTablesBackend)
+	backend, why, err := firewall.DetectBackend(s.IPTablesBackend)
 	if err != nil {
 		return nil, err
 	}
+	logrus.WithFields(logrus.Fields{"backend": backend, "why": why}).Info("iptables backend chosen for the overlay's WEFTS-* rules")
 	var rules overlay.IPTablesRules
 	if backend != "none" {
 		v4, v6, err6, err := firewall.Open(backend)

@@ -475,3 +475,51 @@ func TestSwarmManagerRestart(t *testing.T) {
 	}
 	removeAndCheckClean(t, []string{svc}, []string{n, n2})
 }
+
+// TestSwarmInternalOverlay: --internal keeps containers off docker_gwbridge
+// (no default route, no way out) while they still reach each other.
+func TestSwarmInternalOverlay(t *testing.T) {
+	n := swarmNetwork(t, "--attachable", "--internal", "-o", "type=overlay", "--subnet", "10.36.0.0/24")
+	var cs []task
+	for _, h := range []int{2, 3} {
+		c := uniq("int")
+		mustHost(t, h, "run", "-d", "--name", c, "--network", n, image, "sleep", "3600")
+		h := h
+		t.Cleanup(func() { _, _ = hostDocker(h, "rm", "-f", c) })
+		ip := mustHost(t, h, "exec", c, "sh", "-c", "ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1")
+		cs = append(cs, task{host: h, id: c, ip: ip})
+	}
+	if !ping(cs[0], cs[1].ip) {
+		t.Fatalf("containers on an internal overlay cannot reach each other across hosts")
+	}
+	if routes := mustHost(t, 2, "exec", cs[0].id, "ip", "route"); strings.Contains(routes, "default") {
+		t.Errorf("a container on an internal overlay has a default route:\n%s", routes)
+	}
+	if ping(cs[0], "198.19.7.254") {
+		t.Errorf("a container on an internal overlay reaches the underlay")
+	}
+	for _, c := range cs {
+		mustHost(t, c.host, "rm", "-f", c.id)
+	}
+	removeAndCheckClean(t, nil, []string{n})
+}
+
+// TestSwarmIPv6ChosenOnNodeRefused: Docker 20.10's swarm assigns no IPv6
+// addresses, so each node would pick the same ones; weft refuses instead
+// of handing out duplicates, and the task's error says why.
+func TestSwarmIPv6ChosenOnNodeRefused(t *testing.T) {
+	n := swarmNetwork(t, "--ipv6", "-o", "type=overlay", "--subnet", "10.37.0.0/24", "--subnet", "fd00:37::/64")
+	svc := service(t, "--replicas", "2", "--network", n)
+	waitFor(t, 60*time.Second, "the tasks' error", func() error {
+		out, _ := hostDocker(1, "service", "ps", "--no-trunc", svc)
+		if !strings.Contains(out, "create the network without --ipv6") {
+			if ts := tasksOf(t, svc); len(ts) > 0 {
+				ip6, _ := hostDocker(ts[0].host, "exec", ts[0].id, "sh", "-c", "ip -6 -o addr show eth0 scope global")
+				t.Fatalf("a task started on an IPv6 swarm network (%s); if the manager now assigns IPv6 addresses, check they are unique across nodes", ip6)
+			}
+			return fmt.Errorf("service ps:\n%s", out)
+		}
+		return nil
+	})
+	removeAndCheckClean(t, []string{svc}, []string{n})
+}

@@ -143,7 +143,16 @@ func allReachAll(t *testing.T, ts []task) {
 	failed := false
 	for _, a := range ts {
 		for _, b := range ts {
-			if a.id != b.id && !ping(a, b.ip) {
+			if a.id == b.id {
+				continue
+			}
+			// A task that just started may wait for the gossip to reach
+			// the other nodes (well under a second); a few tries cover it.
+			ok := false
+			for try := 0; try < 3 && !ok; try++ {
+				ok = ping(a, b.ip)
+			}
+			if !ok {
 				failed = true
 				t.Errorf("task on host %d (%s) cannot reach task on host %d (%s)", a.host, a.ip, b.host, b.ip)
 			}
@@ -152,7 +161,16 @@ func allReachAll(t *testing.T, ts []task) {
 	if failed {
 		// What the overlay's control plane had programmed, for the post-mortem.
 		for h := 1; h <= hosts; h++ {
-			t.Logf("host %d forwarding entries:\n%s", h, inHost(h, "sh", "-c", "bridge fdb show | grep 'dev wfvx.*dst'; ip neigh show | grep wfvx"))
+			t.Logf("host %d forwarding entries:\n%s", h, inHost(h, "sh", "-c", "bridge fdb show | grep 'dev wfvx.*dst'; ip neigh show | grep wfvx; ip rule | grep -E '^480[01]:'; ip route show table all | grep -E 'wfwg0|wfoh'"))
+			b, _ := os.ReadFile(fmt.Sprintf("/var/lib/weft-swarm/h%d/dockerd.log", h))
+			lines := strings.Split(string(b), "\n")
+			var plug []string
+			for _, l := range lines {
+				if strings.Contains(l, "plugin=") && (strings.Contains(l, "gossip") || strings.Contains(l, "overlay") || strings.Contains(l, "endpoint")) {
+					plug = append(plug, l)
+				}
+			}
+			t.Logf("host %d plugin log (last 15 overlay lines):\n%s", h, strings.Join(plug[max(0, len(plug)-15):], "\n"))
 		}
 	}
 }
