@@ -486,10 +486,11 @@ func (d *Driver) RequestAddress(req *ipam.RequestAddressRequest) (*ipam.RequestA
 	} else {
 		if d.swarm && !gateway && p.rec.AddressSpace == LocalAddressSpace && p.prefix.Addr().Is6() {
 			// Every task's address comes from the manager (global space). A
-			// node asking for one itself means the manager assigned none:
-			// swarm in Docker 20.10 assigns no IPv6 addresses, and each
-			// node would hand out the same ones.
-			return nil, fmt.Errorf("weft's swarm IPAM: the swarm manager gave this container no IPv6 address on %s (Docker 20.10's swarm assigns none), and one chosen on this node could be another node's too; create the network without --ipv6", p.prefix)
+			// node asking for one itself means the manager assigned none,
+			// which Docker 20.10's swarm does for IPv6 now and then (and
+			// always for docker run attachments); each node would hand out
+			// the same ones.
+			return nil, fmt.Errorf("weft's swarm IPAM: the swarm manager gave this container no IPv6 address on %s (Docker 20.10's swarm does not always assign one), and one chosen on this node could be another node's too; create the network without --ipv6", p.prefix)
 		}
 		start := p.rangePrefix().Addr() // a gateway gets the first free address
 		kind = kindGateway
