@@ -106,10 +106,14 @@ func fdbTargets(n int) string {
 	return strings.Join(dsts, " ")
 }
 
-// overlayClean checks host n has nothing of an overlay left.
-func overlayClean(n int) error {
+// hostClean checks host n has nothing of weft's swarm networks left:
+// networks, links, chains, routes, rules.
+func hostClean(n int) error {
 	if l := weftLinks(n); len(l) > 0 {
 		return fmt.Errorf("weft links left: %v", l)
+	}
+	if out, _ := hostDocker(n, "network", "ls", "-q", "--filter", "driver="+plugin); out != "" {
+		return fmt.Errorf("networks left: %s", out)
 	}
 	if out := inHost(n, "iptables-save") + inHost(n, "ip6tables-save"); strings.Contains(out, "WEFT") {
 		return fmt.Errorf("weft chains left in host %d", n)
@@ -144,7 +148,7 @@ func removeAndCheckClean(t *testing.T, svcs []string, nets []string) {
 	}
 	for h := 1; h <= hosts; h++ {
 		h := h
-		waitFor(t, 45*time.Second, fmt.Sprintf("host %d clean", h), func() error { return overlayClean(h) })
+		waitFor(t, 45*time.Second, fmt.Sprintf("host %d clean", h), func() error { return hostClean(h) })
 	}
 }
 
@@ -153,13 +157,7 @@ func TestSwarmOverlayAcrossHosts(t *testing.T) {
 	// sleep as PID 1 ignores SIGTERM: a short grace period keeps rescheduling quick.
 	svc := service(t, "--replicas", "6", "--stop-grace-period", "1s", "--network", n)
 	ts := waitTasks(t, svc, 6)
-	on := map[int]int{}
-	for _, x := range ts {
-		on[x.host]++
-	}
-	if len(on) != hosts {
-		t.Fatalf("tasks landed on %d hosts (%v), want all %d", len(on), on, hosts)
-	}
+	spreadOverAllHosts(t, ts)
 	allReachAll(t, ts)
 
 	// Underlay MTU 1500 minus VXLAN's 50.

@@ -193,13 +193,7 @@ func TestSwarmMacvlanServiceAcrossHosts(t *testing.T) {
 	n := swarmNetwork(t, "--attachable", "-o", "type=macvlan", "-o", "parent=eth0", "--subnet", "198.19.8.0/24", "--gateway", "198.19.8.254")
 	svc := service(t, "--replicas", "6", "--network", n)
 	ts := waitTasks(t, svc, 6)
-	on := map[int]int{}
-	for _, x := range ts {
-		on[x.host]++
-	}
-	if len(on) != hosts {
-		t.Fatalf("tasks landed on %d hosts (%v), want all %d", len(on), on, hosts)
-	}
+	spreadOverAllHosts(t, ts)
 	allReachAll(t, ts)
 
 	// docker run on an attachable swarm network, on a worker: its address
@@ -230,35 +224,19 @@ func TestSwarmMacvlanServiceAcrossHosts(t *testing.T) {
 	allReachAll(t, waitTasks(t, svc, 7))
 
 	// Removing the service and the network cleans every node.
-	mustHost(t, 1, "service", "rm", svc)
 	mustHost(t, 3, "rm", "-f", c)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		out, err := hostDocker(1, "network", "rm", n)
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("network rm: %s", out)
-		}
-		time.Sleep(time.Second) // tasks are still going away
+	removeAndCheckClean(t, []string{svc}, []string{n})
+}
+
+// spreadOverAllHosts fails unless the tasks landed on every host.
+func spreadOverAllHosts(t *testing.T, ts []task) {
+	t.Helper()
+	on := map[int]int{}
+	for _, x := range ts {
+		on[x.host]++
 	}
-	for h := 1; h <= hosts; h++ {
-		h := h
-		waitFor(t, 30*time.Second, fmt.Sprintf("host %d clean", h), func() error {
-			if l := weftLinks(h); len(l) > 0 {
-				return fmt.Errorf("weft links left: %v", l)
-			}
-			if out, _ := hostDocker(h, "network", "ls", "-q", "--filter", "driver="+plugin); out != "" {
-				return fmt.Errorf("networks left: %s", out)
-			}
-			// The swarm instance installs no rules: a local instance's
-			// chains on the same host stay its own.
-			if out, _ := osexec.Command("ip", "netns", "exec", fmt.Sprintf("wfsw-h%d", h), "iptables-save").CombinedOutput(); strings.Contains(string(out), "WEFT") {
-				return fmt.Errorf("weft iptables rules in the swarm host: %s", out)
-			}
-			return nil
-		})
+	if len(on) != hosts {
+		t.Fatalf("tasks landed on %d hosts (%v), want all %d", len(on), on, hosts)
 	}
 }
 

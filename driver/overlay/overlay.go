@@ -226,10 +226,9 @@ func (t *Type) Allocate(netID string, opts map[string]string) (map[string]string
 	if err != nil {
 		return nil, err
 	}
-	var vni int
 	if replay {
-		if vni, err = t.keepVNI(netID, prevVNI); err != nil {
-			return nil, err
+		if v, err := strconv.Atoi(prevVNI); err != nil || v < minVNI || v > maxVNI {
+			return nil, fmt.Errorf("option %s=%q: weft allocates VNIs from %d to %d; remove the option", OptVNI, prevVNI, minVNI, maxVNI)
 		}
 		if k := opts[OptKey]; k != "" && len(t.Cfg.ClusterKey) == 0 {
 			// A new leader adopts the swarm's key instead of minting its own.
@@ -237,8 +236,6 @@ func (t *Type) Allocate(netID string, opts map[string]string) (map[string]string
 				return nil, err
 			}
 		}
-	} else if vni, err = t.allocateVNI(netID); err != nil {
-		return nil, err
 	}
 	key, err := t.clusterKey()
 	if err != nil {
@@ -246,6 +243,16 @@ func (t *Type) Allocate(netID string, opts map[string]string) (map[string]string
 	}
 	// The manager joins the control plane too: it is every node's seed.
 	if err := t.ensureCluster(key, nil); err != nil {
+		return nil, err
+	}
+	// The VNI is recorded last: a refusal above leaves no record behind.
+	var vni int
+	if replay {
+		vni, err = t.keepVNI(netID, prevVNI)
+	} else {
+		vni, err = t.allocateVNI(netID)
+	}
+	if err != nil {
 		return nil, err
 	}
 	seeds := []string{net.JoinHostPort(self.String(), strconv.Itoa(t.Cfg.GossipPort))}

@@ -388,3 +388,18 @@ func TestResumeOnManager(t *testing.T) {
 		t.Fatal("the restarted manager did not start the control plane")
 	}
 }
+
+// A refused allocation leaves no VNI record behind.
+func TestRefusedAllocationRecordsNothing(t *testing.T) {
+	ty, _ := newType(t)
+	for _, o := range []map[string]string{{OptEncrypted: "perhaps"}, {OptMTU: "1"}, {OptVNI: "12"}} {
+		if _, err := ty.Allocate("net-bad", o); err == nil {
+			t.Fatalf("Allocate(%v) succeeded", o)
+		}
+	}
+	n := -1
+	_ = ty.St.View(func(tx *store.Tx) error { n = tx.Count(bucket, "vni/"); return nil })
+	if n != 0 {
+		t.Fatalf("%d VNI records after refusals", n)
+	}
+}
