@@ -47,7 +47,7 @@ unit:
 e2e:
 	scripts/e2e.sh
 
-# Kernel features this machine lacks (ipvlan, 802.1q, dummy), tested in
+# Kernel features this machine lacks (ipvlan, 802.1q, dummy, WireGuard), tested in
 # Debian's kernel under qemu.
 test-kernel:
 	scripts/kernel-lab.sh

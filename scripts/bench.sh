@@ -36,34 +36,10 @@ t_start=$(date +%s)
 
 say() { printf '\033[1m[bench %s]\033[0m %s\n' "$(date +%T)" "$*"; }
 die() { echo "bench: $*" >&2; exit 1; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 cpid() { docker inspect -f '{{.State.Pid}}' "$1"; }
 cip() { docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$1"; }
-# The two drivers alternate within each repetition, and which goes first
-# alternates between repetitions (B W, W B, B W, ...). order R [A B]: the same
-# for two other keys.
-order() { local a=${2:-builtin} b=${3:-weft}; if (($1 % 2)); then echo "$a $b"; else echo "$b $a"; fi; }
-# iperf_bps PID IP [ARG...]: iperf3 -t 5 from the namespace of PID to the
-# server at IP; prints the receiver's bits per second.
-iperf_bps() {
-  local pid=$1 ip=$2 bps try
-  shift 2
-  # An iperf3 server takes one test at a time and may still be closing the
-  # previous one ("the server is busy"): try again a few times.
-  for try in 1 2 3 4 5; do
-    bps=$(nsenter -t "$pid" -n iperf3 -c "$ip" -t 5 -J "$@" |
-      awk '/"sum_received"/ { f = 1 } f && /"bits_per_second"/ { gsub(/[^0-9.e+]/, "", $2); print $2; exit }')
-    [ -n "$bps" ] && { echo "$bps"; return 0; }
-    sleep 1
-  done
-  return 0
-}
-
-# Raw per-repetition values, "metric:driver" -> "v1 v2 ...".
-declare -A raw
-add() { raw[$1:$2]="${raw[$1:$2]:-}${raw[$1:$2]:+ }$3"; }
 
 ep_call() { # ep_call Create|Delete JSON: one NetworkDriver call on weft's socket
   local code
@@ -380,13 +356,15 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 took=$(($(date +%s) - t_start))
 mkdir -p docs
 {
-  echo "# Benchmarks: weft vs Docker's built-in bridge and macvlan"
+  echo "# Benchmarks: weft vs Docker's built-in bridge, macvlan and overlay"
   echo
   # shellcheck disable=SC2016
   echo 'Run `make bench` (root; it prepares the machine like `make demo`, reinstalls'
   echo 'weft:latest, measures weft and the built-in driver side by side for each network'
   echo 'type, measures what weft'"'"'s tuning options do and cost, rewrites this file and'
-  echo 'removes everything it created). It takes a few minutes.'
+  echo 'removes everything it created). It takes a few minutes. The swarm overlay section at'
+  # shellcheck disable=SC2016
+  echo 'the end comes from `make bench-swarm`.'
   echo
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "- commit: $build_commit"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make test-kernel: runs the kernellab tests inside Debian's kernel under
 # qemu, for what this machine's kernel lacks (ipvlan, 802.1q, dummy,
-# and later WireGuard and ESP). The kernel package is downloaded and unpacked
+# kernel WireGuard). The kernel package is downloaded and unpacked
 # into build/kernel-lab (the host's /boot is not touched); an initramfs holds
 # busybox, the needed modules, the static weft binary and the static test
 # binary; results come back on the serial console.
