@@ -4,7 +4,7 @@ GO          ?= go
 GOFLAGS_BLD := -tags nosystemd -trimpath
 BIN         := bin/weft
 
-.PHONY: all build rootfs plugin-dir install uninstall demo test deps unit e2e test-kernel test-swarm bench bench-swarm clean
+.PHONY: all build rootfs plugin-dir install uninstall demo test deps engines unit e2e test-kernel test-swarm bench bench-swarm clean
 
 all: build
 
@@ -33,19 +33,26 @@ demo:
 	scripts/demo.sh
 
 # Second README command: the whole suite, as CI runs it.
-test: deps unit e2e test-kernel test-swarm
+test: deps engines unit e2e test-kernel test-swarm
 
 # Debian packages the tests use (docker.io, iptables, busybox-static, ...).
 deps:
 	scripts/e2e-env.sh deps
+
+# The current Docker engine (versions pinned in scripts/engines.sh), built
+# from the Go module proxy into build/engine-current; a no-op once built.
+engines:
+	scripts/engines.sh build current
 
 unit:
 	$(GO) vet -tags nosystemd ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) test -tags nosystemd -count=1 $$($(GO) list -tags nosystemd ./... | grep -v -e /e2e -e /kernellab -e /swarmtest)
 
+# The e2e suite once per engine and firewall backend (scripts/engines.sh list);
+# E2E=ENGINE:FIREWALL narrows it, E2E_RUN=REGEX selects tests.
 e2e:
-	scripts/e2e.sh
+	scripts/e2e.sh $(E2E)
 
 # Kernel features this machine lacks (ipvlan, 802.1q, dummy, WireGuard), tested in
 # Debian's kernel under qemu.

@@ -395,3 +395,18 @@ func operInfo(t testing.TB, c, netName string) map[string]interface{} {
 	}
 	return out.Value
 }
+
+// dockerMajor is the major version of the engine under test (20, 29, ...).
+func dockerMajor(t testing.TB) int {
+	t.Helper()
+	v := mustDocker(t, "version", "-f", "{{.Server.Version}}")
+	var major int
+	if _, err := fmt.Sscanf(v, "%d.", &major); err != nil {
+		t.Fatalf("engine version %q: %v", v, err)
+	}
+	return major
+}
+
+// firewallBackend is the firewall backend of the engine under test
+// (scripts/e2e.sh says which it started): iptables or nftables.
+func firewallBackend() string { return envOr("WEFT_FIREWALL", "iptables") }

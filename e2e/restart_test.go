@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	osexec "os/exec"
 	"strconv"
 	"strings"
@@ -122,13 +123,19 @@ func TestReconcileAfterHostReboot(t *testing.T) {
 	}
 }
 
-// TestDockerdRestart restarts the dockerd the harness started: a container
-// with a restart policy comes back connected, on the same network.
+// TestDockerdRestart restarts the dockerd the harness started (the same
+// binary, PATH and arguments, from /run/weft-e2e): a container with a
+// restart policy comes back connected, on the same network.
 func TestDockerdRestart(t *testing.T) {
 	pidFile := "/run/weft-e2e/dockerd.pid"
 	raw, err := os.ReadFile(pidFile)
 	if err != nil {
-		t.Skipf("dockerd was not started by scripts/e2e-env.sh (%v); not restarting a dockerd the suite does not own", err)
+		t.Fatalf("dockerd was not started by scripts/e2e-env.sh (%v): the suite must own the dockerd it restarts", err)
+	}
+	path, err1 := os.ReadFile("/run/weft-e2e/dockerd.env")
+	args, err2 := os.ReadFile("/run/weft-e2e/dockerd.args")
+	if err1 != nil || err2 != nil {
+		t.Fatalf("how the harness started dockerd is not recorded: %v %v", err1, err2)
 	}
 	n := ipamNetwork(t)
 	a := run(t, "--restart", "always", "--network", n, image, "sleep", "3600")
@@ -140,14 +147,19 @@ func TestDockerdRestart(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 		t.Fatalf("stop dockerd %d: %v", pid, err)
 	}
-	for i := 0; i < 100 && syscall.Kill(pid, 0) == nil; i++ {
+	for i := 0; i < 150 && syscall.Kill(pid, 0) == nil; i++ {
 		time.Sleep(200 * time.Millisecond)
 	}
 	logf, err := os.OpenFile("/run/weft-e2e/dockerd.log", os.O_APPEND|os.O_WRONLY|os.O_CREATE, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := osexec.Command("dockerd")
+	envPath := strings.TrimSpace(string(path))
+	cmd := osexec.Command("dockerd", strings.Fields(string(args))...)
+	if p, err := lookPathIn("dockerd", envPath); err == nil {
+		cmd.Path = p
+	}
+	cmd.Env = append(os.Environ(), "PATH="+envPath)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -218,4 +230,15 @@ func TestFiftyConcurrentRuns(t *testing.T) {
 	if out, err := execIn(prober, "sh", "-c", script); err != nil {
 		t.Fatalf("not all 50 reachable: %v\n%s", err, out)
 	}
+}
+
+// lookPathIn finds an executable in the PATH value path.
+func lookPathIn(name, path string) (string, error) {
+	for _, dir := range filepath.SplitList(path) {
+		p := filepath.Join(dir, name)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s not in %s", name, path)
 }

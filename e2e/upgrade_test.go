@@ -90,7 +90,7 @@ func TestInstallFromRegistryAndUpgrade(t *testing.T) {
 	mustDocker(t, "plugin", "enable", v1)
 	// The rootfs was replaced by v2's (its marker file says so).
 	id := mustDocker(t, "plugin", "inspect", "-f", "{{.Id}}", v1)
-	marker, err := os.ReadFile(filepath.Join("/var/lib/docker/plugins", id, "rootfs/etc/weft-build"))
+	marker, err := os.ReadFile(filepath.Join(mustDocker(t, "info", "-f", "{{.DockerRootDir}}"), "plugins", id, "rootfs/etc/weft-build"))
 	if err != nil || string(marker) != v2+"\n" {
 		t.Fatalf("plugin rootfs after the upgrade: %q %v, want v2's marker", marker, err)
 	}

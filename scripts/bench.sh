@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make bench: weft against Docker's built-in drivers, side by side in one
-# run, on this machine. Prepares the machine (scripts/e2e-env.sh up),
+# run, on this machine, by default on the current Docker engine (below),
 # installs weft:latest, then
 # - bridge: container-to-container TCP throughput and ping RTT, `docker run`
 #   time, 50 parallel `docker run -d`, and the plugin's memory with 500
@@ -27,7 +27,6 @@ ratenet=wfbench-rate rates="10mbit 100mbit 1000mbit" # rates: in mbit
 declare -A tunnet=([plain]=wfbench-tun-plain [tuned]=wfbench-tun-tuned)
 tun_opts=(-o rate.egress=100mbit -o rate.ingress=100mbit -o sysctl.net.ipv4.tcp_keepalive_time=600)
 thr_reps=3 rtt_reps=3 run_reps=10 par_reps=2 par_n=50 mem_eps=500
-e2e_pidfile=/run/weft-e2e/dockerd.pid
 
 tmp=$(mktemp -d /tmp/wfbench.XXXXXX)
 started_dockerd=0
@@ -71,13 +70,18 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # 1. Machine, dockerd, plugin -------------------------------------------------
-say "preparing the machine (scripts/e2e-env.sh up)"
-before=$(cat "$e2e_pidfile" 2>/dev/null || true)
-scripts/e2e-env.sh up
-after=$(cat "$e2e_pidfile" 2>/dev/null || true)
-# Stop dockerd at the end only if this run started it (another session's
-# dockerd, recorded in the same pid file, stays).
-[ -n "$after" ] && [ "$after" != "$before" ] && started_dockerd=1
+# Against the current engine by default (BENCH_ENGINE=debian for Debian's
+# 20.10; BENCH_FIREWALL=nftables for Docker's nftables backend), started
+# for the run and stopped after it; a dockerd that already answers is used
+# as it is.
+if timeout 5 docker version >/dev/null 2>&1; then
+  say "using the dockerd that is running (Docker $(docker version -f '{{.Server.Version}}'))"
+  scripts/e2e-env.sh up
+else
+  say "starting Docker (${BENCH_ENGINE:-current}, ${BENCH_FIREWALL:-iptables} firewall) for the run"
+  scripts/e2e-env.sh start "${BENCH_ENGINE:-current}" "${BENCH_FIREWALL:-iptables}"
+  started_dockerd=1
+fi
 command -v curl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null; }
 say "building and installing $plugin (make -s install)"
 # The commit the plugin is built from (the tree may move during the run).

@@ -19,8 +19,13 @@
 # WEFT_SWARM_LAB (default sw) names a lab, so two can run side by side (the
 # benchmark uses its own): namespaces wf<LAB>-h<N>, bridge wf<LAB>br,
 # /run/weft-<LAB>, /var/lib/weft-<LAB>. WEFT_SWARM_NET is its /24 underlay.
+# WEFT_ENGINE (default debian) picks the Docker engine of every host, as
+# named in scripts/engines.sh (current: built into build/ when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+engine=${WEFT_ENGINE:-debian}
+bindir=$(scripts/engines.sh bindir "$engine")
+[ -n "$bindir" ] && export PATH="$bindir:$PATH"
 repo=$(pwd) # nsenter -m starts in the target's working directory
 hosts=${WEFT_SWARM_HOSTS:-3}
 lab=${WEFT_SWARM_LAB:-sw}
@@ -83,6 +88,7 @@ wait_docker() {
 
 up() {
   scripts/e2e-env.sh deps
+  [ "$engine" = debian ] || scripts/engines.sh build "$engine"
   mkdir -p "$run" "$data"
   if [ -f "$run/h1.pid" ]; then
     echo "swarm-lab: already up (run down first)" >&2
@@ -127,7 +133,7 @@ up() {
     done
     [ "$have" = "$hosts" ] || { echo "swarm-lab: only $have of $hosts nodes report $plugin" >&2; exit 1; }
   fi
-  echo "swarm-lab: $hosts hosts up ($(hdocker 1 node ls -q | wc -l) swarm nodes)"
+  echo "swarm-lab: $hosts hosts up ($(hdocker 1 node ls -q | wc -l) swarm nodes, Docker $(hdocker 1 version -f '{{.Server.Version}}'))"
 }
 
 down() {
