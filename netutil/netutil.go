@@ -7,9 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
-	"strings"
 
 	"github.com/vishvananda/netlink"
 )
@@ -55,24 +52,4 @@ func MACFor(ip netip.Addr) net.HardwareAddr {
 	_, _ = rand.Read(m)
 	m[0] = (m[0] | 0x02) &^ 0x01
 	return m
-}
-
-// DockerdRoots lists /proc/<pid>/root of every dockerd process in this
-// network namespace: with the host's PID namespace (a managed plugin with
-// pidhost), the host's file system as that dockerd sees it, reachable
-// without mounting anything. Other dockerds (e.g. test hosts in their own
-// namespaces) are not the one that runs this plugin.
-func DockerdRoots() []string {
-	self, _ := os.Readlink("/proc/self/ns/net")
-	var out []string
-	dirs, _ := os.ReadDir("/proc")
-	for _, d := range dirs {
-		if comm, err := os.ReadFile(filepath.Join("/proc", d.Name(), "comm")); err == nil && strings.TrimSpace(string(comm)) == "dockerd" {
-			if ns, err := os.Readlink(filepath.Join("/proc", d.Name(), "ns", "net")); err == nil && self != "" && ns != self {
-				continue
-			}
-			out = append(out, filepath.Join("/proc", d.Name(), "root"))
-		}
-	}
-	return out
 }

@@ -9,6 +9,13 @@
 #   SWARM_RUN=REGEX scripts/swarm-test.sh  only the tests go test -run REGEX selects
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The e2e suite's lock: its harness resets the host firewall and refuses
+# to run beside dockerds it did not start, such as the lab's.
+exec 9>/run/weft-e2e.lock
+if ! flock -n 9; then
+  echo "swarm: an e2e run holds /run/weft-e2e.lock; waiting"
+  flock 9
+fi
 engines=("$@")
 [ ${#engines[@]} -gt 0 ] || engines=(debian current)
 make -s plugin-dir >/dev/null
