@@ -37,6 +37,11 @@ const (
 	optType       = "type"
 	optPortMap    = "com.docker.network.portmap"
 	optExposed    = "com.docker.network.endpoint.exposedports"
+	// optIfname (docker run --network name=N,driver-opt=KEY=NAME) is the
+	// one com.docker key of CreateEndpoint weft keeps: Join answers it as
+	// InterfaceName.DstName, which Engine 29.8+ honours. Older engines,
+	// 20.10 among them, ignore DstName and name the interface from DstPrefix.
+	optIfname = "com.docker.network.endpoint.ifname"
 )
 
 // Firewall is what the driver needs from the firewall package.
@@ -62,6 +67,9 @@ type Driver struct {
 	inside       tuning.Inside
 	insideResult map[string]string // endpoint ID -> what was applied inside, or the error
 	parentMap    map[string]string // PARENT_MAP: a network's parent name -> this node's interface
+
+	// insideWait: endpoint ID -> the inside tuning Join prepared, until applied.
+	insideWait map[string]*tuning.Pending
 }
 
 // SetParentMap sets this node's parent renames (setting PARENT_MAP): a
@@ -192,7 +200,31 @@ func (d *Driver) Reconcile() error {
 		errs = append(errs, err)
 	}
 	logrus.WithFields(logrus.Fields{"networks": len(d.nets), "endpoints": len(d.eps)}).Info("reconciled kernel state with the store")
+	d.warnForgottenJoins()
 	return errors.Join(errs...)
+}
+
+// warnForgottenJoins says, once at start, what Docker 29+ can no longer do
+// for containers that joined before this plugin start: its remote-driver
+// proxy keeps each endpoint's Join options in memory only
+// (moby/moby#50283), so it cannot move their gateway to another network
+// and never sends them RevokeExternalConnectivity. weft cannot replay that
+// cache; their ports keep working and go when the endpoint is deleted.
+func (d *Driver) warnForgottenJoins() {
+	joined, withPorts := 0, 0
+	for _, ep := range d.eps {
+		if ep.Joined {
+			joined++
+			if len(ep.Ports) > 0 {
+				withPorts++
+			}
+		}
+	}
+	if joined == 0 || d.scope != "local" {
+		return
+	}
+	logrus.WithFields(logrus.Fields{"endpoints": joined, "with_published_ports": withPorts}).Warn(
+		"containers joined before this plugin start: on Docker 29+ (moby/moby#50283) `docker network connect` of a network that becomes their gateway fails with \"remote network driver: endpoint ... not found\" until the container restarts; their connectivity and published ports keep working, and weft removes the ports when the container stops")
 }
 
 // removeLeftovers deletes links labelled as this instance's that no stored
@@ -296,9 +328,17 @@ func (d *Driver) syncFirewall() error {
 	return nil
 }
 
-// GetCapabilities implements network.Driver.
-func (d *Driver) GetCapabilities() (*network.CapabilitiesResponse, error) {
-	return &network.CapabilitiesResponse{Scope: d.scope, ConnectivityScope: d.scope}, nil
+// Capabilities is the reply to GetCapabilities: the helpers' type plus
+// GwAllocChecker (Docker 28+), which makes Docker call GwAllocCheck.
+type Capabilities struct {
+	Scope             string
+	ConnectivityScope string
+	GwAllocChecker    bool
+}
+
+// GetCapabilities answers NetworkDriver.GetCapabilities.
+func (d *Driver) GetCapabilities() (*Capabilities, error) {
+	return &Capabilities{Scope: d.scope, ConnectivityScope: d.scope, GwAllocChecker: true}, nil
 }
 
 // checkOptions finds the network type of -o options and checks the keys
@@ -324,7 +364,11 @@ func (d *Driver) checkOptions(opts map[string]string) (string, api.NetworkType, 
 		}
 		return "", nil, fmt.Errorf("%s; this weft instance (scope %s) supports: %s", msg, d.scope, strings.Join(names, ", "))
 	}
-	if err := api.CheckKeys("option", withoutInside(opts), append(append([]string{optType}, t.Options()...), tuning.NetworkKeys()...)); err != nil {
+	allowed := append(append(append([]string{optType}, t.Options()...), tuning.NetworkKeys()...), dockerKeys...)
+	if err := d.checkDockerOptions(typ, opts, allowed); err != nil {
+		return "", nil, err
+	}
+	if err := api.CheckKeys("option", withoutInside(opts), allowed); err != nil {
 		return "", nil, err
 	}
 	if _, err := tuning.Parse(opts, nil); err != nil {
@@ -486,8 +530,12 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	if err != nil {
 		return err
 	}
+	v4, v6, err := ipFamilies(req.Options, opts)
+	if err != nil {
+		return err
+	}
 	n := &api.Network{ID: req.NetworkID, Type: typ, Options: opts,
-		IPv6: boolOpt(req.Options, optEnableIPv6), Internal: boolOpt(req.Options, optInternal)}
+		IPv6: v6, NoIPv4: !v4, Internal: boolOpt(req.Options, optInternal)}
 	n.Aux = map[string]netip.Addr{}
 	p4, g4, err := ipamPrefixes(req.IPv4Data, n.Aux)
 	if err != nil {
@@ -602,7 +650,7 @@ func (d *Driver) saveEndpoint(ep *api.Endpoint) error {
 func endpointOptions(opts map[string]interface{}) (map[string]string, error) {
 	out := map[string]string{}
 	for k, v := range opts {
-		if strings.HasPrefix(k, "com.docker.") {
+		if strings.HasPrefix(k, "com.docker.") && k != optIfname {
 			continue // Docker's own keys (port map, exposed ports, ...)
 		}
 		s, ok := v.(string)
@@ -635,8 +683,13 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 	if err != nil {
 		return nil, err
 	}
-	if err := api.CheckKeys("endpoint option (--driver-opt)", withoutInside(eopts), tuning.EndpointKeys()); err != nil {
+	if err := api.CheckKeys("endpoint option (--driver-opt)", withoutInside(eopts), append(tuning.EndpointKeys(), optIfname)); err != nil {
 		return nil, err
+	}
+	if name, ok := eopts[optIfname]; ok {
+		if err := api.IfName(optIfname, name); err != nil {
+			return nil, err
+		}
 	}
 	// Checked here so that a bad value fails `docker network connect`
 	// before anything is created; applied at Join.
@@ -765,7 +818,7 @@ func (d *Driver) EndpointInfo(req *network.InfoRequest) (*EndpointOperInfo, erro
 }
 
 // Join implements network.Driver.
-func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
+func (d *Driver) Join(req *network.JoinRequest) (*JoinResponse, error) {
 	d.wait()
 	d.mu.Lock()
 	locked := true
@@ -823,10 +876,25 @@ func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 		shapeIFB = "wfi" + short(ep.ID)
 	}
 	if ts.HasInside() || shapeIFB != "" {
-		go d.applyInside(ep.ID, req.SandboxKey, snap.MAC, ji.SrcName, ts, shapeIFB)
+		// On Engine 28+ the container's namespace exists now and its
+		// process starts only after every interface is in: Prepare sets
+		// what it can before answering (see tuning/jointime.go), Finish
+		// the rest once Docker has moved the interface. On 20.10 all of it
+		// waits for the namespace.
+		p := d.inside.Prepare(req.SandboxKey, ji.SrcName, snap.MAC, ts, shapeIFB)
+		d.mu.Lock()
+		if d.insideWait == nil {
+			d.insideWait = map[string]*tuning.Pending{}
+		}
+		d.insideWait[ep.ID] = p
+		d.mu.Unlock()
+		if p.AtJoin() {
+			logrus.WithFields(logrus.Fields{"endpoint": short(ep.ID), "before_the_move": strings.Join(p.Early(), " ")}).Debug("tuning prepared in the container's namespace")
+		}
+		go d.applyInside(ep.ID, p)
 	}
-	resp := &network.JoinResponse{
-		InterfaceName:         network.InterfaceName{SrcName: ji.SrcName, DstPrefix: ji.DstPrefix},
+	resp := &JoinResponse{
+		InterfaceName:         InterfaceName{SrcName: ji.SrcName, DstPrefix: ji.DstPrefix, DstName: snap.Options[optIfname]},
 		Gateway:               ji.Gateway,
 		GatewayIPv6:           ji.GatewayIPv6,
 		DisableGatewayService: ji.DisableGatewayService,
@@ -841,6 +909,25 @@ func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 	return resp, nil
 }
 
+// JoinResponse is Join's answer: the helpers' type, whose InterfaceName
+// lacks DstName.
+type JoinResponse struct {
+	InterfaceName         InterfaceName
+	Gateway               string
+	GatewayIPv6           string
+	StaticRoutes          []*network.StaticRoute
+	DisableGatewayService bool
+}
+
+// InterfaceName names the interface Docker moves into the container
+// (SrcName) and its name there: DstName exactly, else DstPrefix plus a
+// number. Docker before 29.8 ignores DstName.
+type InterfaceName struct {
+	SrcName   string
+	DstPrefix string
+	DstName   string `json:",omitempty"`
+}
+
 // Leave implements network.Driver.
 func (d *Driver) Leave(req *network.LeaveRequest) error {
 	d.wait()
@@ -849,6 +936,10 @@ func (d *Driver) Leave(req *network.LeaveRequest) error {
 	ep, ok := d.eps[req.EndpointID]
 	if !ok {
 		return nil
+	}
+	if p := d.insideWait[ep.ID]; p != nil {
+		p.Cancel() // gives back what it borrowed in the sandbox
+		delete(d.insideWait, ep.ID)
 	}
 	if err := tuning.Remove(d.tuningLink(ep)); err != nil {
 		logrus.WithField("endpoint", short(ep.ID)).WithError(err).Warn("removing the endpoint's tuning failed")
@@ -900,20 +991,26 @@ func withoutInside(opts map[string]string) map[string]string {
 	return out
 }
 
-// applyInside runs after Join has answered: the container's namespace may
-// not exist yet, and Docker moves the interface only afterwards.
-func (d *Driver) applyInside(epID, sandbox, mac, srcName string, ts tuning.Settings, shapeIFB string) {
-	log := logrus.WithFields(logrus.Fields{"endpoint": short(epID), "sandbox": sandbox})
-	got, err := d.inside.ApplyInside(sandbox, mac, srcName, ts, shapeIFB)
+// applyInside runs after Join has answered: it finishes the inside tuning
+// Join prepared once Docker has moved the interface into the container, and
+// keeps the result for the endpoint's operational info.
+func (d *Driver) applyInside(epID string, p *tuning.Pending) {
+	log := logrus.WithField("endpoint", short(epID))
+	got, err := p.Finish()
 	res := "applied: " + got
+	if early := p.Early(); len(early) > 0 {
+		// Engine 28+: these were in place when the interface arrived.
+		res += "; set before the move: " + strings.Join(early, " ")
+	}
 	if err != nil {
 		res = "error: " + err.Error()
 		log.WithError(err).Warn("tuning inside the container failed")
 	} else {
-		log.WithField("applied", got).Info("tuning applied inside the container")
+		log.WithFields(logrus.Fields{"applied": got, "prepared_at_join": p.AtJoin()}).Info("tuning applied inside the container")
 	}
 	d.mu.Lock()
-	if _, ok := d.eps[epID]; ok {
+	if _, ok := d.eps[epID]; ok && d.insideWait[epID] == p { // not left (or joined again) meanwhile
+		delete(d.insideWait, epID)
 		d.insideResult[epID] = res
 	}
 	d.mu.Unlock()

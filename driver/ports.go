@@ -62,6 +62,9 @@ func (r *portReserver) reserve(epID string, ports []api.PortBinding) error {
 	defer r.mu.Unlock()
 	var errs []error
 	for _, p := range ports {
+		if p.Direct {
+			continue // no host port: opened on the container's address
+		}
 		c, _, err := listen(p.Proto, hostIPOrAny(p.HostIP), p.HostPort)
 		if err != nil {
 			errs = append(errs, err)
@@ -171,45 +174,15 @@ func (d *Driver) ProgramExternalConnectivity(req *network.ProgramExternalConnect
 	if n.Internal {
 		return fmt.Errorf("network %.12s is --internal: ports cannot be published on it", n.ID)
 	}
-	if !ep.Addr4.IsValid() {
-		return errors.New("weft publishes ports to IPv4 addresses and this endpoint has none")
-	}
-	var want []api.PortBinding
-	seen := map[string]bool{}
-	for _, p := range pm {
-		if p.Proto != protoTCP && p.Proto != protoUDP {
-			return fmt.Errorf("cannot publish port %d: weft publishes tcp and udp ports only", p.Port)
-		}
-		if p.HostIP == "" {
-			p.HostIP = bridge.HostBinding(n)
-		}
-		if p.HostIP != "" {
-			a, err := netip.ParseAddr(p.HostIP)
-			if err != nil {
-				return fmt.Errorf("-p host address %q: %w", p.HostIP, err)
-			}
-			if a.Is6() {
-				// IPv6 host addresses are not forwarded (yet); the IPv4 binding covers clients.
-				log.WithField("host_ip", p.HostIP).Warn("not publishing on an IPv6 host address")
-				continue
-			}
-			if a.IsUnspecified() {
-				p.HostIP = ""
-			}
-		}
-		p.IP = ep.Addr4.Addr().String()
-		k := fmt.Sprintf("%d/%s/%d/%d", p.Proto, p.HostIP, p.HostPort, p.Port)
-		if seen[k] && p.HostPort != 0 {
-			continue
-		}
-		seen[k] = true
-		want = append(want, p)
+	want, direct, err := portPlan(n, ep, pm, log)
+	if err != nil {
+		return err
 	}
 	got, err := d.ports.allocate(ep.ID, want)
 	if err != nil {
 		return err
 	}
-	ep.Ports = got
+	ep.Ports = append(got, direct...)
 	success := false
 	defer func() {
 		if !success {
@@ -229,7 +202,91 @@ func (d *Driver) ProgramExternalConnectivity(req *network.ProgramExternalConnect
 		log.WithFields(logrus.Fields{"host": fmt.Sprintf("%s:%d/%s", hostIPOrAny(p.HostIP), p.HostPort, protoName(p.Proto)),
 			"container": fmt.Sprintf("%s:%d", p.IP, p.Port)}).Info("port published")
 	}
+	for _, p := range direct {
+		log.WithField("container", net.JoinHostPort(p.IP, strconv.Itoa(int(p.Port)))+"/"+protoName(p.Proto)).Info("port opened on the container's address (gateway mode routed)")
+	}
 	return nil
+}
+
+// portPlan turns Docker's port map into the bindings weft programs: want
+// are published through a host port and IPv4 DNAT; direct are opened on
+// the container's own address (gateway mode routed, per family, where the
+// host port is not used). A binding weft cannot serve on an endpoint
+// without IPv4 (an IPv6-only network) is refused, never dropped silently.
+func portPlan(n *api.Network, ep *api.Endpoint, pm []api.PortBinding, log *logrus.Entry) (want, direct []api.PortBinding, err error) {
+	routed4 := bridge.GatewayMode(n, false) == bridge.GwRouted
+	routed6 := bridge.GatewayMode(n, true) == bridge.GwRouted && ep.Addr6.IsValid()
+	seen := map[string]bool{}
+	add := func(list *[]api.PortBinding, p api.PortBinding) {
+		k := fmt.Sprintf("%d/%s/%d/%s/%d", p.Proto, p.HostIP, p.HostPort, p.IP, p.Port)
+		if p.Direct {
+			k = fmt.Sprintf("%d/%s/%d", p.Proto, p.IP, p.Port) // the host side is not used
+		}
+		if seen[k] && (p.HostPort != 0 || p.Direct) {
+			return
+		}
+		seen[k] = true
+		*list = append(*list, p)
+	}
+	for _, p := range pm {
+		if p.Proto != protoTCP && p.Proto != protoUDP {
+			return nil, nil, fmt.Errorf("cannot publish port %d: weft publishes tcp and udp ports only", p.Port)
+		}
+		if p.HostIP == "" && ep.Addr4.IsValid() {
+			p.HostIP = bridge.HostBinding(n)
+		}
+		var a netip.Addr // invalid: every host address, both families
+		if p.HostIP != "" {
+			if a, err = netip.ParseAddr(p.HostIP); err != nil {
+				return nil, nil, fmt.Errorf("-p host address %q: %w", p.HostIP, err)
+			}
+			a = a.Unmap()
+		}
+		any4 := !a.IsValid() || (a.Is4() && a.IsUnspecified())
+		wants4 := !a.IsValid() || a.Is4()
+		wants6 := !a.IsValid() || a.Is6()
+		served := false
+		if wants4 && ep.Addr4.IsValid() {
+			q := p
+			q.IP = ep.Addr4.Addr().String()
+			if any4 {
+				q.HostIP = ""
+			}
+			if routed4 {
+				q.Direct, q.HostIP = true, ""
+				add(&direct, q)
+			} else {
+				add(&want, q)
+			}
+			served = true
+		}
+		if wants6 && routed6 {
+			q := p
+			q.IP, q.HostIP, q.Direct = ep.Addr6.Addr().String(), "", true
+			add(&direct, q)
+			served = true
+		}
+		if served {
+			continue
+		}
+		if !ep.Addr4.IsValid() {
+			what := fmt.Sprintf("%d/%s", p.Port, protoName(p.Proto))
+			if a.IsValid() && a.Is4() {
+				return nil, nil, fmt.Errorf("cannot publish port %s on the IPv4 host address %s: network %.12s has no IPv4 (--ipv4=false)", what, a, n.ID)
+			}
+			msg := fmt.Sprintf("cannot publish port %s: network %.12s is IPv6-only (--ipv4=false), and weft publishes ports through IPv4 NAT", what, n.ID)
+			if n.Type == "bridge" {
+				msg += fmt.Sprintf("; create the network with IPv4 too, or with -o %s=%s to open published ports on the container's IPv6 address (the host port is not used)", bridge.OptGwMode6, bridge.GwRouted)
+			} else {
+				msg += "; create the network with IPv4 too"
+			}
+			return nil, nil, errors.New(msg)
+		}
+		// An IPv6 host address on a network that also has IPv4: not
+		// forwarded (weft does not NAT IPv6); the IPv4 binding covers clients.
+		log.WithField("host_ip", p.HostIP).Warn("not publishing on an IPv6 host address")
+	}
+	return want, direct, nil
 }
 
 // RevokeExternalConnectivity removes the endpoint's published ports.

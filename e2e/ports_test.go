@@ -79,12 +79,24 @@ func TestPublishedPorts(t *testing.T) {
 		t.Fatalf("from another network through the published port: %v %q", err, out)
 	}
 
-	// DOCKER-USER keeps precedence over weft's rules.
-	rule := fmt.Sprintf("-d %s/32 -p tcp -m tcp --dport 80 -j DROP", wip)
-	sh(t, "iptables-nft -I DOCKER-USER "+rule)
-	wantNoPage(t, "outside host with a DOCKER-USER drop rule", o.hostIP+":18080", o.get)
-	sh(t, "iptables-nft -D DOCKER-USER "+rule)
-	wantPage(t, "outside host after removing the DOCKER-USER rule", o.hostIP+":18080", o.get)
+	// The admin's own rules keep precedence over weft's: in DOCKER-USER
+	// with Docker's iptables backend, in a table of their own with its
+	// nftables backend (which has no DOCKER-USER).
+	if firewallBackend() == "nftables" {
+		tbl := "wfe2e_user"
+		t.Cleanup(func() { _, _ = exec("nft", "delete", "table", "inet", tbl) })
+		sh(t, fmt.Sprintf(`nft add table inet %[1]s && nft add chain inet %[1]s userfwd '{ type filter hook forward priority 0; }' &&
+			nft add rule inet %[1]s userfwd ip daddr %[2]s tcp dport 80 drop`, tbl, wip))
+		wantNoPage(t, "outside host with the admin's nftables drop rule", o.hostIP+":18080", o.get)
+		sh(t, "nft delete table inet "+tbl)
+		wantPage(t, "outside host after removing the admin's nftables rule", o.hostIP+":18080", o.get)
+	} else {
+		rule := fmt.Sprintf("-d %s/32 -p tcp -m tcp --dport 80 -j DROP", wip)
+		sh(t, "iptables-nft -I DOCKER-USER "+rule)
+		wantNoPage(t, "outside host with a DOCKER-USER drop rule", o.hostIP+":18080", o.get)
+		sh(t, "iptables-nft -D DOCKER-USER "+rule)
+		wantPage(t, "outside host after removing the DOCKER-USER rule", o.hostIP+":18080", o.get)
+	}
 
 	// A port already published is refused clearly, and the failed container leaves no rule.
 	name := uniq("dup")

@@ -24,20 +24,29 @@ func TestDockerNetworkCreatedLaterStaysIsolated(t *testing.T) {
 	if canPing(w, ipOf(t, d, dn)) {
 		t.Fatal("a weft container reached a container on a later Docker network")
 	}
-	// The jump sits in DOCKER-USER, ahead of everything Docker added.
-	if rules := sh(t, "iptables-nft -S DOCKER-USER"); !strings.Contains(rules, "-A DOCKER-USER -j WEFT-FORWARD") {
-		t.Fatalf("weft jump not in DOCKER-USER:\n%s", rules)
+	// The jump sits in DOCKER-USER, ahead of everything Docker added; with
+	// Docker's nftables backend (no DOCKER-USER) at the top of FORWARD.
+	home := "DOCKER-USER"
+	if firewallBackend() == "nftables" {
+		home = "FORWARD"
 	}
-	// Flushing DOCKER-USER (as firewall scripts do) is repaired by the watchdog.
-	sh(t, "iptables-nft -F DOCKER-USER && iptables-nft -A DOCKER-USER -j RETURN")
+	if rules := sh(t, "iptables-nft -S "+home); !strings.Contains(rules, "-A "+home+" -j WEFT-FORWARD") {
+		t.Fatalf("weft jump not in %s:\n%s", home, rules)
+	}
+	// Flushing that chain (as firewall scripts do) is repaired by the watchdog.
+	if home == "DOCKER-USER" {
+		sh(t, "iptables-nft -F DOCKER-USER && iptables-nft -A DOCKER-USER -j RETURN")
+	} else {
+		sh(t, "iptables-nft -F FORWARD")
+	}
 	eventually(t, 15*time.Second, "jump restored", func() error {
-		if !strings.Contains(sh(t, "iptables-nft -S DOCKER-USER"), "-j WEFT-FORWARD") {
+		if !strings.Contains(sh(t, "iptables-nft -S "+home), "-j WEFT-FORWARD") {
 			return fmt.Errorf("not yet")
 		}
 		return nil
 	})
 	if canPing(d, ipOf(t, w, n)) {
-		t.Fatal("isolation not restored after DOCKER-USER was flushed")
+		t.Fatal("isolation not restored after " + home + " was flushed")
 	}
 }
 

@@ -30,6 +30,111 @@ type Network struct {
 	Masquerade bool           // SNAT egress to the host's address
 	Internal   bool           // no traffic in or out of the network
 	Ports      []PortMap
+	// Routed4 and Routed6 are gateway mode "routed" per family: no NAT;
+	// published ports are opened on the container's own address (the host
+	// port is not used) and ICMP reaches the containers.
+	Routed4, Routed6 bool
+	// SNAT4 is the source address for IPv4 egress (com.docker.network.host_ipv4)
+	// instead of MASQUERADE's choice; invalid: MASQUERADE.
+	SNAT4 netip.Addr
+	// Trusted are host interfaces whose traffic may reach published ports
+	// on the container's own address (com.docker.network.bridge.trusted_host_interfaces).
+	Trusted []string
+}
+
+// routed reports whether the network's family fam is in gateway mode routed.
+func (n Network) routed(fam Family) bool {
+	if fam == IPv4 {
+		return n.Routed4
+	}
+	return n.Routed6
+}
+
+// inFamily reports whether a belongs to fam.
+func inFamily(a netip.Addr, fam Family) bool {
+	return a.IsValid() && a.Is4() == (fam == IPv4)
+}
+
+// hostPrefix is a as a single-address prefix, the way iptables prints it.
+func hostPrefix(a netip.Addr) string {
+	return netip.PrefixFrom(a, a.BitLen()).String()
+}
+
+// directAccess are the rules that let packets reach published ports on a
+// container's own address: in routed mode from outside (not from other
+// weft or Docker networks, which stay isolated), and from the trusted host
+// interfaces in every mode.
+func directAccess(fam Family, n Network, nets []Network) []Rule {
+	var out []Rule
+	ports := sortedPorts(n.Ports)
+	if n.routed(fam) {
+		for _, o := range nets {
+			if o.ID != n.ID {
+				out = append(out, Rule{"-i", o.Bridge, "-o", n.Bridge, "-j", "DROP"})
+			}
+		}
+		for _, d := range dockerBridges {
+			out = append(out, Rule{"-i", d, "-o", n.Bridge, "-j", "DROP"})
+		}
+	}
+	port := func(in []string, p PortMap) Rule {
+		r := Rule{"-d", hostPrefix(p.ContainerIP)}
+		r = append(r, in...)
+		return append(r, "-o", n.Bridge, "-p", p.Proto, "-m", p.Proto, "--dport", strconv.Itoa(int(p.ContainerPort)), "-j", "ACCEPT")
+	}
+	if n.routed(fam) {
+		for _, p := range ports {
+			if inFamily(p.ContainerIP, fam) {
+				out = append(out, port([]string{"!", "-i", n.Bridge}, p))
+			}
+		}
+		icmp := "icmp"
+		if fam == IPv6 {
+			icmp = "ipv6-icmp"
+		}
+		out = append(out, Rule{"!", "-i", n.Bridge, "-o", n.Bridge, "-p", icmp, "-j", "ACCEPT"})
+	}
+	for _, in := range n.Trusted {
+		for _, p := range ports {
+			if inFamily(p.ContainerIP, fam) {
+				out = append(out, port([]string{"-i", in}, p))
+			}
+		}
+	}
+	return out
+}
+
+func sortedPorts(in []PortMap) []PortMap {
+	ports := append([]PortMap(nil), in...)
+	sort.Slice(ports, func(i, j int) bool {
+		if ports[i].HostPort != ports[j].HostPort {
+			return ports[i].HostPort < ports[j].HostPort
+		}
+		if ports[i].Proto != ports[j].Proto {
+			return ports[i].Proto < ports[j].Proto
+		}
+		if ports[i].HostIP != ports[j].HostIP {
+			return ports[i].HostIP.Less(ports[j].HostIP)
+		}
+		if ports[i].ContainerPort != ports[j].ContainerPort {
+			return ports[i].ContainerPort < ports[j].ContainerPort
+		}
+		return ports[i].ContainerIP.Less(ports[j].ContainerIP)
+	})
+	return ports
+}
+
+// natPorts reports whether n has IPv4 ports published through DNAT.
+func natPorts(n Network) bool {
+	if n.Routed4 {
+		return false
+	}
+	for _, p := range n.Ports {
+		if p.ContainerIP.Is4() {
+			return true
+		}
+	}
+	return false
 }
 
 // PortMap is one published port (docker run -p).
@@ -92,10 +197,13 @@ func Render(family Family, nets []Network) Ruleset {
 	for _, n := range nets {
 		br := n.Bridge
 		add("-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
-		if !n.Internal && family == IPv4 && len(n.Ports) > 0 {
+		if !n.Internal && family == IPv4 && natPorts(n) {
 			// Before the ICC rule: published ports stay reachable from the
 			// same network with enable_icc=false, as with Docker's bridge.
 			add("-o", br, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT")
+		}
+		if !n.Internal {
+			*fwd = append(*fwd, directAccess(family, n, nets)...)
 		}
 		if n.ICC {
 			add("-i", br, "-o", br, "-j", "ACCEPT")
@@ -129,30 +237,25 @@ func Render(family Family, nets []Network) Ruleset {
 			if !s.Addr().Is4() {
 				continue
 			}
-			if n.Masquerade {
-				post = append(post, Rule{"-s", s.String(), "!", "-o", br, "-j", "MASQUERADE"})
+			if n.Masquerade && !n.Routed4 {
+				if n.SNAT4.IsValid() {
+					post = append(post, Rule{"-s", s.String(), "!", "-o", br, "-j", "SNAT", "--to-source", n.SNAT4.String()})
+				} else {
+					post = append(post, Rule{"-s", s.String(), "!", "-o", br, "-j", "MASQUERADE"})
+				}
 			}
-			if len(n.Ports) > 0 {
+			if natPorts(n) {
 				// Hairpin: a container reaching a published port of its own
 				// network must see the reply come back through the host.
 				post = append(post, Rule{"-s", s.String(), "-o", br, "-m", "conntrack", "--ctstate", "DNAT", "-j", "MASQUERADE"})
 			}
 		}
-		if len(n.Ports) > 0 {
-			// The host reaching a published port through 127.0.0.1 (needs route_localnet on the bridge).
-			post = append(post, Rule{"-s", "127.0.0.0/8", "-o", br, "-j", "MASQUERADE"})
+		if !natPorts(n) {
+			continue
 		}
-		ports := append([]PortMap(nil), n.Ports...)
-		sort.Slice(ports, func(i, j int) bool {
-			if ports[i].HostPort != ports[j].HostPort {
-				return ports[i].HostPort < ports[j].HostPort
-			}
-			if ports[i].Proto != ports[j].Proto {
-				return ports[i].Proto < ports[j].Proto
-			}
-			return ports[i].HostIP.Less(ports[j].HostIP)
-		})
-		for _, p := range ports {
+		// The host reaching a published port through 127.0.0.1 (needs route_localnet on the bridge).
+		post = append(post, Rule{"-s", "127.0.0.0/8", "-o", br, "-j", "MASQUERADE"})
+		for _, p := range sortedPorts(n.Ports) {
 			if !p.ContainerIP.Is4() {
 				continue
 			}

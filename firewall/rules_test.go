@@ -36,7 +36,25 @@ func goldenCases() map[string][]Network {
 	dual := base()
 	dual.Subnets = append(dual.Subnets, pfx("fd00:1::/64"))
 	second := Network{ID: "n2", Bridge: "weft-n2", Subnets: []netip.Prefix{pfx("10.30.0.0/24")}, ICC: true, Masquerade: true}
+	// gateway_mode_ipv4=routed: no NAT at all, published ports opened on
+	// the container's address, ICMP in.
+	routed := ports
+	routed.Routed4 = true
+	// host_ipv4: SNAT to a chosen address instead of MASQUERADE.
+	snat := base()
+	snat.SNAT4 = ip("192.0.2.10")
+	// trusted_host_interfaces: direct access to published ports from eth9.
+	trusted := ports
+	trusted.Trusted = []string{"eth9"}
+	// --ipv4=false: an IPv6 subnet only, ports on the IPv6 address in
+	// gateway_mode_ipv6=routed.
+	v6only := Network{ID: "n1", Bridge: "weft-n1", Subnets: []netip.Prefix{pfx("fd00:1::/64")}, ICC: true, Masquerade: true, Routed6: true,
+		Ports: []PortMap{{Proto: "tcp", HostPort: 8080, ContainerIP: ip("fd00:1::2"), ContainerPort: 80}}}
 	return map[string][]Network{
+		"routed":       {routed, second},
+		"host-ipv4":    {snat},
+		"trusted":      {trusted},
+		"ipv6-only":    {v6only},
 		"default":      {base()},
 		"icc-off":      {noICC},
 		"no-masq":      {noMasq},
@@ -232,5 +250,49 @@ func TestSyncRepairsTamperedChain(t *testing.T) {
 	}
 	if got := v4.Dump(); got != want {
 		t.Fatalf("not repaired:\n%s\nwant\n%s", got, want)
+	}
+}
+
+// A DOCKER-USER chain that FORWARD does not reach (left by an iptables run
+// of Docker before it switched to nftables, or after `iptables -F`) must
+// not swallow the jump: it goes to the top of FORWARD, and back into
+// DOCKER-USER once FORWARD jumps there again.
+func TestForwardJumpIgnoresUnreachedDockerUser(t *testing.T) {
+	v4 := NewFake()
+	_ = v4.NewChain("filter", "DOCKER-USER")
+	_ = v4.Append("filter", "DOCKER-USER", "-j", "RETURN")
+	fw := New(v4, nil)
+	nets := []Network{base()}
+	if err := fw.Sync(nets); err != nil {
+		t.Fatal(err)
+	}
+	d := v4.Dump()
+	if !strings.Contains(d, "filter/FORWARD\n  -j WEFT-FORWARD\n") || strings.Count(d, "-j WEFT-FORWARD") != 1 {
+		t.Fatalf("orphaned DOCKER-USER: the jump belongs at the top of FORWARD, once:\n%s", d)
+	}
+
+	// Docker (iptables backend) comes up: the jump moves into DOCKER-USER.
+	_ = v4.Insert("filter", "FORWARD", 1, "-j", "DOCKER-USER")
+	if err := fw.Sync(nets); err != nil {
+		t.Fatal(err)
+	}
+	d = v4.Dump()
+	if strings.Count(d, "-j WEFT-FORWARD") != 1 || !strings.Contains(d, "filter/DOCKER-USER\n  -j WEFT-FORWARD\n  -j RETURN\n") {
+		t.Fatalf("jump not moved into the reached DOCKER-USER:\n%s", d)
+	}
+
+	// iptables -F: every chain emptied, DOCKER-USER kept but unreached.
+	_ = v4.ClearChain("filter", "FORWARD")
+	_ = v4.ClearChain("filter", "DOCKER-USER")
+	fw.Forget()
+	if err := fw.Sync(nets); err != nil {
+		t.Fatal(err)
+	}
+	d = v4.Dump()
+	if !strings.Contains(d, "filter/FORWARD\n  -j WEFT-FORWARD\n") || strings.Count(d, "-j WEFT-FORWARD") != 1 {
+		t.Fatalf("after iptables -F the jump must be back at the top of FORWARD:\n%s", d)
+	}
+	if !strings.Contains(d, "filter/WEFT-FORWARD\n  -o ") {
+		t.Fatalf("weft's chain not refilled after the flush:\n%s", d)
 	}
 }

@@ -114,19 +114,29 @@ func (f *Firewall) applyHooks(fam Family, ipt IPTables) error {
 }
 
 // ensureForwardHook puts the jump to WEFT-FORWARD inside DOCKER-USER before
-// its first unconditional RETURN, or at the top of FORWARD where Docker
-// keeps no DOCKER-USER chain, and removes it from the other place.
+// its first unconditional RETURN when FORWARD jumps to DOCKER-USER, or
+// else at the top of FORWARD, and removes it from the other place.
+//
+// A DOCKER-USER chain that FORWARD does not reach is not a home: Docker's
+// nftables backend keeps none and leaves the one an earlier iptables run
+// made, and `iptables -F` empties FORWARD but keeps DOCKER-USER. A jump
+// there would never run.
 func (f *Firewall) ensureForwardHook(ipt IPTables, jump Rule) error {
 	want := join(jump)
-	hasUser, err := ipt.ChainExists("filter", dockerUser)
+	reached, err := forwardReachesDockerUser(ipt)
 	if err != nil {
 		return err
 	}
-	home := "FORWARD"
-	if hasUser {
-		home = dockerUser
-		// A jump left in FORWARD from before dockerd made its chain.
-		if err := f.deleteAll(ipt, "filter", "FORWARD", jump); err != nil {
+	home, other := "FORWARD", dockerUser
+	if reached {
+		home, other = dockerUser, "FORWARD"
+	}
+	if ok, err := ipt.ChainExists("filter", other); err != nil {
+		return err
+	} else if ok {
+		// A jump left in the other place (before dockerd made its chain,
+		// or before a flush or a switch of Docker's firewall backend).
+		if err := f.deleteAll(ipt, "filter", other, jump); err != nil {
 			return err
 		}
 	}
@@ -170,6 +180,25 @@ func (f *Firewall) ensureForwardHook(ipt IPTables, jump Rule) error {
 	f.Ops++
 	logrus.WithField("chain", home).Debug("firewall: placing the jump to WEFT-FORWARD")
 	return ipt.Insert("filter", home, target+1, jump...)
+}
+
+// forwardReachesDockerUser reports whether DOCKER-USER exists and the
+// built-in FORWARD chain jumps to it unconditionally.
+func forwardReachesDockerUser(ipt IPTables) (bool, error) {
+	ok, err := ipt.ChainExists("filter", dockerUser)
+	if err != nil || !ok {
+		return false, err
+	}
+	rules, err := listRules(ipt, "filter", "FORWARD")
+	if err != nil {
+		return false, err
+	}
+	for _, r := range rules {
+		if r == "-j "+dockerUser {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 func (f *Firewall) deleteAll(ipt IPTables, table, chain string, r Rule) error {

@@ -276,7 +276,10 @@ func (d *Driver) GetDefaultAddressSpaces() (*ipam.AddressSpacesResponse, error) 
 }
 
 // RequestPool implements ipam.Ipam: it registers --subnet (and --ip-range),
-// or picks a free subnet from the default pools when --subnet is absent.
+// or picks a free subnet from the default pools when --subnet is absent or
+// is 0.0.0.0/N or ::/N (Docker 29: any free /N). Docker 29 sends no Exclude
+// list to a remote IPAM driver: its proxy retries an automatic request
+// itself while holding the overlapping pools, which weft then avoids.
 func (d *Driver) RequestPool(req *ipam.RequestPoolRequest) (*ipam.RequestPoolResponse, error) {
 	if req == nil {
 		return nil, errors.New("empty pool request")
@@ -300,7 +303,20 @@ func (d *Driver) RequestPool(req *ipam.RequestPoolRequest) (*ipam.RequestPoolRes
 			req.V6 = true
 		}
 	}
-	if req.Pool != "" {
+	// auto: weft chooses the subnet from the default pools. Docker 29 reads
+	// --subnet 0.0.0.0/N (or ::/N) as "any free /N": it passes the prefix
+	// on to a remote IPAM driver as given. autoSize 0 is each pool's size.
+	auto, autoSize := req.Pool == "", 0
+	if p, err := netip.ParsePrefix(req.Pool); err == nil && p.Addr().IsUnspecified() {
+		if p.Addr().Is6() != req.V6 {
+			return nil, fmt.Errorf("invalid --subnet %s: it asks for an %s subnet but Docker asked for an %s pool", req.Pool, family(p.Addr().Is6()), family(req.V6))
+		}
+		if req.SubPool != "" {
+			return nil, fmt.Errorf("--ip-range %s needs an explicit --subnet, not %s (any free subnet): an address range can only be given inside a known subnet", req.SubPool, req.Pool)
+		}
+		auto, autoSize = true, p.Bits()
+	}
+	if !auto {
 		if pfx, err = parseSubnet("--subnet", req.Pool, req.V6); err != nil {
 			return nil, err
 		}
@@ -314,7 +330,7 @@ func (d *Driver) RequestPool(req *ipam.RequestPoolRequest) (*ipam.RequestPoolRes
 		}
 	}
 	var host []netip.Prefix
-	if req.Pool == "" {
+	if auto {
 		// Read outside the lock: a netlink dump must not stall address
 		// requests, and host routes do not depend on our state.
 		if host, err = d.hostPrefixes(); err != nil {
@@ -325,7 +341,7 @@ func (d *Driver) RequestPool(req *ipam.RequestPoolRequest) (*ipam.RequestPoolRes
 	d.mu.Lock()
 	defer d.mu.Unlock()
 
-	if req.Pool == "" {
+	if auto {
 		used := make([]netip.Prefix, 0, len(d.pools)+len(host))
 		for _, p := range d.pools {
 			used = append(used, p.prefix)
@@ -338,8 +354,8 @@ func (d *Driver) RequestPool(req *ipam.RequestPoolRequest) (*ipam.RequestPoolRes
 			}
 		}
 		var ok bool
-		if pfx, ok = choosePool(d.defaults, req.V6, used); !ok {
-			return nil, d.noFreeSubnetError(req.V6)
+		if pfx, ok = choosePool(d.defaults, req.V6, used, autoSize); !ok {
+			return nil, d.noFreeSubnetError(req.V6, autoSize)
 		}
 	} else {
 		for _, p := range d.sortedPools() {
@@ -363,7 +379,7 @@ func (d *Driver) RequestPool(req *ipam.RequestPoolRequest) (*ipam.RequestPoolRes
 	if sub.IsValid() {
 		id += "/" + sub.String()
 	}
-	rec := poolRecord{AddressSpace: req.AddressSpace, Pool: pfx.String(), Auto: req.Pool == ""}
+	rec := poolRecord{AddressSpace: req.AddressSpace, Pool: pfx.String(), Auto: auto}
 	if sub.IsValid() {
 		rec.SubPool = sub.String()
 	}
@@ -394,7 +410,7 @@ func checkPoolOptions(opts map[string]string) error {
 	return fmt.Errorf("unknown --ipam-opt %s: weft's IPAM driver has no --ipam-opt options yet, remove it", strings.Join(bad, ", "))
 }
 
-func (d *Driver) noFreeSubnetError(v6 bool) error {
+func (d *Driver) noFreeSubnetError(v6 bool, size int) error {
 	var fam []PoolSpec
 	for _, s := range d.defaults {
 		if s.Base.Addr().Is6() == v6 {
@@ -404,7 +420,26 @@ func (d *Driver) noFreeSubnetError(v6 bool) error {
 	if len(fam) == 0 {
 		return fmt.Errorf("no %s default pool is configured (DEFAULT_POOLS=%s): pass --subnet, or add an %s entry to the plugin's DEFAULT_POOLS setting", family(v6), formatPools(d.defaults), family(v6))
 	}
-	return fmt.Errorf("no free %s subnet left in the default pools %s: every candidate overlaps another weft network or a route or address on the host; pass --subnet to choose one, or widen the plugin's DEFAULT_POOLS setting", family(v6), formatPools(fam))
+	what := "subnet"
+	if size > 0 {
+		var fit bool
+		for _, s := range fam {
+			fit = fit || fits(s, size)
+		}
+		if !fit {
+			return fmt.Errorf("--subnet %s: no %s default pool can hold a /%d (DEFAULT_POOLS=%s): ask for a longer prefix, pass a real --subnet, or add a larger pool to the plugin's DEFAULT_POOLS setting", unspecified(v6, size), family(v6), size, formatPools(d.defaults))
+		}
+		what = fmt.Sprintf("/%d subnet", size)
+	}
+	return fmt.Errorf("no free %s %s left in the default pools %s: every candidate overlaps another weft network or a route or address on the host; pass --subnet to choose one, or widen the plugin's DEFAULT_POOLS setting", family(v6), what, formatPools(fam))
+}
+
+// unspecified is the --subnet form that asks for any free /size.
+func unspecified(v6 bool, size int) string {
+	if v6 {
+		return fmt.Sprintf("::/%d", size)
+	}
+	return fmt.Sprintf("0.0.0.0/%d", size)
 }
 
 // sortedPools gives a deterministic order for error messages.

@@ -739,3 +739,42 @@ func TestSwarmNodeRefusesOwnIPv6Choice(t *testing.T) {
 		t.Fatalf("IPv4 stays as it was: %v", err)
 	}
 }
+
+// Docker 29 passes --subnet 0.0.0.0/N and ::/N to a remote IPAM driver as
+// given, meaning "any free /N from the default pools".
+func TestUnspecifiedSubnetMeansAnyFree(t *testing.T) {
+	f := newFixture(t, "0.0.0.0/0", "10.201.0.0/24")
+	pool := func(req ipam.RequestPoolRequest, want string) string {
+		t.Helper()
+		res := f.pool(req)
+		if res.Pool != want {
+			t.Errorf("RequestPool(%+v) = %s, want %s", req, res.Pool, want)
+		}
+		if rec := f.d.pools[res.PoolID].rec; !rec.Auto {
+			t.Errorf("pool %s not recorded as chosen by weft: %+v", res.Pool, rec)
+		}
+		return res.PoolID
+	}
+	first := pool(ipam.RequestPoolRequest{Pool: "0.0.0.0/24"}, "10.201.1.0/24")
+	pool(ipam.RequestPoolRequest{Pool: "0.0.0.0/26"}, "10.201.2.0/26")
+	pool(ipam.RequestPoolRequest{Pool: "0.0.0.0/0"}, "10.201.3.0/24") // /0: the pool's own size
+	pool(ipam.RequestPoolRequest{Pool: "::/64", V6: true}, "fd77:7765:6674::/64")
+	pool(ipam.RequestPoolRequest{Pool: "::/56", V6: true}, "fd77:7765:6674:100::/56")
+
+	// A freed subnet is found again.
+	if err := f.d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: first}); err != nil {
+		t.Fatal(err)
+	}
+	pool(ipam.RequestPoolRequest{Pool: "0.0.0.0/24"}, "10.201.1.0/24")
+
+	f.poolErr(ipam.RequestPoolRequest{Pool: "0.0.0.0/8"}, "--subnet 0.0.0.0/8", "no IPv4 default pool can hold a /8", "DEFAULT_POOLS=10.201.0.0/16:24")
+	f.poolErr(ipam.RequestPoolRequest{Pool: "::/32", V6: true}, "--subnet ::/32", "no IPv6 default pool can hold a /32")
+	f.poolErr(ipam.RequestPoolRequest{Pool: "::/64"}, "--subnet ::/64", "IPv6 subnet", "IPv4 pool")
+	f.poolErr(ipam.RequestPoolRequest{Pool: "0.0.0.0/24", SubPool: "10.201.9.0/25"}, "--ip-range", "explicit --subnet")
+
+	// Exhausted for that size, while the pool's own size has nothing to do with it.
+	f.cfg.DefaultPools = []PoolSpec{{netip.MustParsePrefix("10.99.0.0/23"), 24}}
+	f.restart()
+	pool(ipam.RequestPoolRequest{Pool: "0.0.0.0/23"}, "10.99.0.0/23")
+	f.poolErr(ipam.RequestPoolRequest{Pool: "0.0.0.0/25"}, "no free IPv4 /25 subnet left", "10.99.0.0/23:24")
+}

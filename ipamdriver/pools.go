@@ -108,13 +108,21 @@ func formatPools(specs []PoolSpec) string {
 
 // choosePool returns the first candidate subnet of the default pools of the
 // requested family that overlaps neither a weft pool nor a host prefix.
+// size > 0 asks for subnets of that length instead of each pool's own
+// (Docker 29's --subnet 0.0.0.0/N); pools too small for it are skipped.
 // Candidates are not enumerated one by one: on a conflict the scan jumps past
 // the conflicting prefix, so the cost depends on the number of prefixes in
 // use, not on how many candidates a big base (say an IPv6 /32 of /64s) holds.
-func choosePool(specs []PoolSpec, v6 bool, used []netip.Prefix) (netip.Prefix, bool) {
+func choosePool(specs []PoolSpec, v6 bool, used []netip.Prefix, size int) (netip.Prefix, bool) {
 	for _, spec := range specs {
 		if spec.Base.Addr().Is6() != v6 {
 			continue
+		}
+		if size > 0 {
+			if !fits(spec, size) {
+				continue
+			}
+			spec.Size = size
 		}
 		cand := netip.PrefixFrom(spec.Base.Addr(), spec.Size)
 		for spec.Base.Contains(cand.Addr()) {
@@ -136,6 +144,11 @@ func choosePool(specs []PoolSpec, v6 bool, used []netip.Prefix) (netip.Prefix, b
 		}
 	}
 	return netip.Prefix{}, false
+}
+
+// fits reports whether subnets of length size can be carved from spec's base.
+func fits(spec PoolSpec, size int) bool {
+	return size >= spec.Base.Bits() && size <= spec.Base.Addr().BitLen()
 }
 
 func firstOverlap(p netip.Prefix, used []netip.Prefix) (netip.Prefix, bool) {

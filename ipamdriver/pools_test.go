@@ -118,7 +118,7 @@ func TestChoosePoolJumpsOverLargeConflicts(t *testing.T) {
 	specs := []PoolSpec{{netip.MustParsePrefix("fd00::/16"), 64}}
 	used := []netip.Prefix{netip.MustParsePrefix("fd00::/17"), netip.MustParsePrefix("fd00:8000::/64")}
 	start := time.Now()
-	got, ok := choosePool(specs, true, used)
+	got, ok := choosePool(specs, true, used, 0)
 	if !ok || got.String() != "fd00:8000:0:1::/64" {
 		t.Fatalf("choosePool = %v, %v; want fd00:8000:0:1::/64", got, ok)
 	}
@@ -128,7 +128,7 @@ func TestChoosePoolJumpsOverLargeConflicts(t *testing.T) {
 	// Whole base used: no candidate, and no endless loop at the end of the
 	// address space.
 	specs = []PoolSpec{{netip.MustParsePrefix("ffff::/16"), 64}}
-	if got, ok := choosePool(specs, true, []netip.Prefix{netip.MustParsePrefix("ff00::/8")}); ok {
+	if got, ok := choosePool(specs, true, []netip.Prefix{netip.MustParsePrefix("ff00::/8")}, 0); ok {
 		t.Fatalf("choosePool = %v, want none", got)
 	}
 }

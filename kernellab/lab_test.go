@@ -37,7 +37,8 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	cmd := exec.Command("/weft")
-	cmd.Env = append(os.Environ(), "SOCKET="+sock, "STATE_DIR=/tmp/weft", "IPTABLES_BACKEND=none", "LOG_LEVEL=debug")
+	cmd.Env = append(os.Environ(), "SOCKET="+sock, "STATE_DIR=/tmp/weft", "IPTABLES_BACKEND=none", "LOG_LEVEL=debug",
+		"HOST_ROOT=/") // sandboxes are paths in the lab's own root (there is no dockerd)
 	cmd.Stdout, cmd.Stderr = &pluginLog, &pluginLog
 	if err := cmd.Start(); err != nil {
 		fmt.Println("kernellab: start weft:", err)

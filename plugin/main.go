@@ -17,7 +17,6 @@ import (
 
 	"github.com/coreos/go-iptables/iptables"
 	"github.com/docker/go-plugins-helpers/ipam"
-	"github.com/docker/go-plugins-helpers/network"
 	"github.com/docker/go-plugins-helpers/sdk"
 	"github.com/sirupsen/logrus"
 
@@ -358,7 +357,8 @@ func newMux(d *driver.Driver, i *ipamdriver.Driver) *http.ServeMux {
 	handle(mux, "/Plugin.Activate", func(*empty) (map[string][]string, error) {
 		return map[string][]string{"Implements": {"NetworkDriver", "IpamDriver"}}, nil
 	})
-	handle(mux, "/NetworkDriver.GetCapabilities", func(*empty) (*network.CapabilitiesResponse, error) { return d.GetCapabilities() })
+	handle(mux, "/NetworkDriver.GetCapabilities", func(*empty) (*driver.Capabilities, error) { return d.GetCapabilities() })
+	handle(mux, "/NetworkDriver.GwAllocCheck", d.GwAllocCheck) // Docker 28+
 	handle(mux, "/NetworkDriver.AllocateNetwork", d.AllocateNetwork)
 	handle(mux, "/NetworkDriver.FreeNetwork", noResp(d.FreeNetwork))
 	handle(mux, "/NetworkDriver.CreateNetwork", noResp(d.CreateNetwork))

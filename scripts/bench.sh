@@ -15,10 +15,14 @@
 # failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The e2e suite's lock: its harness starts and stops the dockerd this uses.
+exec 9>/run/weft-e2e.lock
+flock 9
 
 plugin=weft:latest
 img=weft-test/busybox
-out=docs/benchmarks.md
+# BENCH_OUT: where to write the results (docs/benchmarks.md by default).
+out=${BENCH_OUT:-docs/benchmarks.md}
 declare -A net=([builtin]=wfbench-builtin [weft]=wfbench-weft)
 declare -A mvnet=([builtin]=wfbench-mv-builtin [weft]=wfbench-mv-weft)
 mvparent=wfbmv0 mvpeer=wfbmv1 # interface names: at most 15 characters
@@ -372,7 +376,7 @@ mkdir -p docs
   echo
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "- commit: $build_commit"
-  echo "- machine: $(nproc) CPUs, kernel $(uname -r), Docker Engine $(docker version -f '{{.Server.Version}}'), $(iperf3 --version | head -1 | awk '{ print $1, $2 }')"
+  echo "- machine: $(nproc) CPUs, kernel $(uname -r), Docker Engine $(docker version -f '{{.Server.Version}}') with its ${BENCH_FIREWALL:-iptables} firewall backend, $(iperf3 --version | head -1 | awk '{ print $1, $2 }')"
   echo "- the run took ${took} s"
   echo
   echo "## bridge"

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/safchain/ethtool"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -30,16 +29,6 @@ const (
 	IfNamePlaceholder = "IFNAME"
 )
 
-// Offload option names and the kernel feature each one switches.
-var offloads = map[string]string{
-	"tso": "tx-tcp-segmentation",
-	"gso": "tx-generic-segmentation",
-	"gro": "rx-gro",
-	"rx":  "rx-checksum",
-	"tx":  "tx-checksum-ip-generic",
-	"sg":  "tx-scatter-gather",
-}
-
 // IsInsideKey reports whether an option key is a sysctl.* or offload.* key.
 func IsInsideKey(k string) bool {
 	return strings.HasPrefix(k, PrefixSysctl) || strings.HasPrefix(k, PrefixOffload)
@@ -53,17 +42,31 @@ var (
 	sysctlValue = regexp.MustCompile(`^[A-Za-z0-9 _.:,-]{1,128}$`)
 )
 
+// canonicalIfname writes the IFNAME of a per-interface sysctl key in
+// capitals: the docker CLI lowercases the keys (and values) of
+// `docker run --network name=N,driver-opt=K=V`, so IFNAME arrives as
+// ifname there.
+func canonicalIfname(k string) string {
+	parts := strings.Split(k, ".")
+	if len(parts) > 5 && parts[0]+"."+parts[1] == PrefixSysctl+"net" && (parts[2] == "ipv4" || parts[2] == "ipv6") &&
+		(parts[3] == "conf" || parts[3] == "neigh") && strings.EqualFold(parts[4], IfNamePlaceholder) {
+		parts[4] = IfNamePlaceholder
+		return strings.Join(parts, ".")
+	}
+	return k
+}
+
 func parseInside(s *Settings, network, endpoint map[string]string) error {
 	merged := map[string]string{}
 	what := map[string]string{}
 	for k, v := range network {
 		if IsInsideKey(k) {
-			merged[k], what[k] = v, "option "+k
+			merged[canonicalIfname(k)], what[canonicalIfname(k)] = v, "option "+k
 		}
 	}
 	for k, v := range endpoint {
 		if IsInsideKey(k) {
-			merged[k], what[k] = v, "--driver-opt "+k
+			merged[canonicalIfname(k)], what[canonicalIfname(k)] = v, "--driver-opt "+k
 		}
 	}
 	keys := make([]string, 0, len(merged))
@@ -74,14 +77,8 @@ func parseInside(s *Settings, network, endpoint map[string]string) error {
 	for _, k := range keys {
 		v := merged[k]
 		if name, ok := strings.CutPrefix(k, PrefixOffload); ok {
-			feat, known := offloads[name]
-			if !known {
-				names := make([]string, 0, len(offloads))
-				for n := range offloads {
-					names = append(names, PrefixOffload+n)
-				}
-				sort.Strings(names)
-				return fmt.Errorf("%s: unknown offload; valid: %s", what[k], strings.Join(names, ", "))
+			if _, known := offloads[name]; !known {
+				return fmt.Errorf("%s: unknown offload; valid: %s", what[k], strings.Join(offloadNames(), ", "))
 			}
 			on, err := onOff(v)
 			if err != nil {
@@ -90,7 +87,7 @@ func parseInside(s *Settings, network, endpoint map[string]string) error {
 			if s.Offloads == nil {
 				s.Offloads = map[string]bool{}
 			}
-			s.Offloads[feat] = on
+			s.Offloads[name] = on
 			continue
 		}
 		key := strings.TrimPrefix(k, PrefixSysctl)
@@ -151,15 +148,21 @@ func (in Inside) roots() []string {
 const nsfsMagic = 0x6e736673
 
 // ApplyInside waits for the container's namespace and interface (for a new
-// container neither exists yet at Join), then applies offloads and
-// sysctls there and reads them back. It returns what it applied.
+// container on Docker 20.10 neither exists yet at Join), then applies
+// offloads and sysctls there and reads them back. It returns what it
+// applied. Where the namespace exists at Join (Docker 28+), Prepare and
+// Pending.Finish do this instead, and in time for the container's first
+// command.
 //
-// srcName is the interface's name before Docker moves it: Docker renames it
-// (eth0, eth1, ...) right after the move, so until then it is not ready.
+// id is the interface as it was at Join. Docker renames it right after
+// the move (eth0, eth1, ... or the endpoint's
+// com.docker.network.endpoint.ifname), so until then it is not ready; after
+// that, whereIs tells it apart from the container's other interfaces, also
+// from ipvlan twins with the same MAC.
 //
 // shapeIFB, when set, asks for the rate limits to be applied inside too (for
 // types without a host-side device), with an IFB of that name for ingress.
-func (in Inside) ApplyInside(sandbox, mac, srcName string, s Settings, shapeIFB string) (string, error) {
+func (in Inside) ApplyInside(sandbox string, id Ident, s Settings, shapeIFB string) (string, error) {
 	if len(s.Sysctls) == 0 && len(s.Offloads) == 0 && shapeIFB == "" {
 		return "", nil
 	}
@@ -173,7 +176,7 @@ func (in Inside) ApplyInside(sandbox, mac, srcName string, s Settings, shapeIFB 
 			err = errors.New("no dockerd process found to reach container namespaces through")
 		}
 		for _, r := range roots {
-			if ns, ifname, err = in.find(r, sandbox, mac, srcName); err == nil {
+			if ns, ifname, err = in.find(r, sandbox, id); err == nil {
 				root, found = r, true
 				break
 			}
@@ -190,32 +193,39 @@ func (in Inside) ApplyInside(sandbox, mac, srcName string, s Settings, shapeIFB 
 	if in.ProcSys == "" {
 		in.ProcSys = filepath.Join(root, "proc/sys")
 	}
-	done := make(chan struct{})
 	var applied []string
-	var aerr error
+	err := inNetNS(ns, func() (err error) {
+		applied, err = in.applyHere(ifname, s, shapeIFB)
+		return err
+	})
+	return strings.Join(applied, " "), err
+}
+
+// inNetNS runs fn on an OS thread switched into ns (for /proc/sys writes,
+// which apply to the writing thread's namespace, and ethtool ioctls). The
+// thread is locked while it is switched, and thrown away (never unlocked)
+// if switching back fails, so no other goroutine ever runs in ns.
+func inNetNS(ns netns.NsHandle, fn func() error) error {
+	done := make(chan error, 1)
 	go func() {
-		defer close(done)
-		// This thread switches namespace: it is locked, and thrown away
-		// (never unlocked) if switching back fails.
 		runtime.LockOSThread()
 		orig, err := netns.Get()
 		if err != nil {
-			aerr = err
+			done <- err
 			return
 		}
 		defer orig.Close()
 		if err := netns.Set(ns); err != nil {
-			aerr = fmt.Errorf("enter the container's namespace: %w", err)
+			done <- fmt.Errorf("enter the container's namespace: %w", err)
 			return
 		}
-		applied, aerr = in.applyHere(ifname, s, shapeIFB)
-		if err := netns.Set(orig); err != nil {
-			return
+		err = fn()
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
 		}
-		runtime.UnlockOSThread()
+		done <- err
 	}()
-	<-done
-	return strings.Join(applied, " "), aerr
+	return <-done
 }
 
 // openInRoot opens path as if root were "/": symlinks in it (/var/run is
@@ -236,18 +246,27 @@ func openInRoot(root, path string) (netns.NsHandle, error) {
 	return netns.NsHandle(fd), nil
 }
 
-// find opens the sandbox as a namespace (not the placeholder file Docker
-// creates first) and looks for the interface with the endpoint's MAC.
-func (in Inside) find(root, sandbox, mac, srcName string) (netns.NsHandle, string, error) {
-	path := filepath.Join(root, sandbox)
+// openSandbox opens the sandbox as a namespace (not the placeholder file
+// Docker creates first, which Docker 20.10 still has at Join).
+func openSandbox(root, sandbox string) (netns.NsHandle, error) {
 	ns, err := openInRoot(root, sandbox)
 	if err != nil {
-		return 0, "", err
+		return 0, err
 	}
 	var st unix.Statfs_t
 	if err := unix.Fstatfs(int(ns), &st); err != nil || st.Type != nsfsMagic {
 		ns.Close()
-		return 0, "", fmt.Errorf("%s is not a network namespace yet", path)
+		return 0, fmt.Errorf("%s is not a network namespace yet", filepath.Join(root, sandbox))
+	}
+	return ns, nil
+}
+
+// find opens the sandbox and looks for the endpoint's interface there,
+// renamed by Docker (see whereIs).
+func (in Inside) find(root, sandbox string, id Ident) (netns.NsHandle, string, error) {
+	ns, err := openSandbox(root, sandbox)
+	if err != nil {
+		return 0, "", err
 	}
 	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
@@ -260,72 +279,158 @@ func (in Inside) find(root, sandbox, mac, srcName string) (netns.NsHandle, strin
 		ns.Close()
 		return 0, "", err
 	}
-	for _, l := range links {
-		if strings.EqualFold(l.Attrs().HardwareAddr.String(), mac) && l.Attrs().Name != srcName {
-			return ns, l.Attrs().Name, nil
-		}
+	l, renamed, err := whereIs(links, id, nil)
+	if err == nil && !renamed {
+		err = fmt.Errorf("interface %s is in the container but not renamed yet", id.SrcName)
 	}
-	ns.Close()
-	return 0, "", fmt.Errorf("no interface with MAC %s in the container yet", mac)
+	if err != nil {
+		ns.Close()
+		return 0, "", err
+	}
+	return ns, l.Attrs().Name, nil
 }
 
+// Ident is what an endpoint's interface is known by, taken at Join while
+// it is still in the host namespace.
+type Ident struct {
+	SrcName string // its name there (Join's SrcName), which Docker changes after the move
+	MAC     string // the endpoint's MAC; ipvlan endpoints share their parent's
+	Index   int    // its ifindex there (0: unknown)
+	// Alias is its alias ("": none). weft's macvlan and ipvlan links carry
+	// their endpoint's ID in it, and a move into another namespace keeps
+	// it, so it names the interface when nothing else does.
+	Alias string
+}
+
+// whereIs finds an endpoint's interface among a namespace's links, and
+// whether Docker has renamed it yet. Docker moves it in under its SrcName
+// and renames it at once (to eth0, eth1, ... or the name the endpoint asked
+// for), so after that only its identity is left:
+//   - its alias, when it has one: unique to the endpoint, and kept by the
+//     move. Then no other link is taken for it;
+//   - its ifindex (from the host namespace at Join). A move keeps it
+//     unless the namespace already has a link with that index; before lists
+//     the indexes the namespace had before the move (nil: unknown). Without
+//     before, the index may be held by another interface that was given a
+//     new index on its own move: even by an ipvlan twin with our MAC. Only
+//     the alias tells those apart;
+//   - its MAC, which Docker sets to the endpoint's. Two ipvlan endpoints
+//     share their parent's, so the MAC is only a check, or the last resort
+//     when the index was taken, and then only if one link has it.
+func whereIs(links []netlink.Link, id Ident, before map[int]bool) (netlink.Link, bool, error) {
+	for _, l := range links {
+		if l.Attrs().Name == id.SrcName {
+			return l, false, nil
+		}
+	}
+	if id.Alias != "" {
+		var same []netlink.Link
+		for _, l := range links {
+			if l.Attrs().Alias == id.Alias {
+				same = append(same, l)
+			}
+		}
+		switch len(same) {
+		case 0:
+			return nil, false, fmt.Errorf("no interface with alias %q (index %d, MAC %s) in the container yet", id.Alias, id.Index, id.MAC)
+		case 1:
+			return same[0], true, nil
+		}
+		links = same // not weft's: the index and MAC decide among them
+	}
+	macOK := func(l netlink.Link) bool { return strings.EqualFold(l.Attrs().HardwareAddr.String(), id.MAC) }
+	var at netlink.Link
+	for _, l := range links {
+		if id.Index > 0 && l.Attrs().Index == id.Index && !before[id.Index] {
+			at = l
+		}
+	}
+	if at != nil && macOK(at) {
+		return at, true, nil
+	}
+	if id.Index > 0 && at == nil && !before[id.Index] {
+		// Nothing holds the index: the interface keeps it when it comes.
+		return nil, false, fmt.Errorf("no interface with index %d (MAC %s) in the container yet", id.Index, id.MAC)
+	}
+	var cands []netlink.Link
+	for _, l := range links {
+		if macOK(l) && !before[l.Attrs().Index] && l != at {
+			cands = append(cands, l)
+		}
+	}
+	switch len(cands) {
+	case 0:
+		return nil, false, fmt.Errorf("no interface with MAC %s in the container yet", id.MAC)
+	case 1:
+		return cands[0], true, nil
+	}
+	names := make([]string, 0, len(cands))
+	for _, l := range cands {
+		names = append(names, l.Attrs().Name)
+	}
+	return nil, false, fmt.Errorf("interfaces %s all have MAC %s and none has index %d: cannot tell which is this endpoint's", strings.Join(names, ", "), id.MAC, id.Index)
+}
+
+// applyHere applies s to ifname in the calling thread's namespace. Each
+// setting is independent: one that cannot be applied (an offload the
+// device does not let change, say) is reported and does not keep the
+// others, rp_filter among them, from being applied.
 func (in Inside) applyHere(ifname string, s Settings, shapeIFB string) ([]string, error) {
 	var applied []string
+	var errs []error
 	if shapeIFB != "" && s.Shaped() {
 		dev, err := netlink.LinkByName(ifname)
+		if err == nil {
+			// Inside the container the interface's own directions apply.
+			err = shape(dev, s.RateIngress, s.RateEgress, shapeIFB, "weft:shaping", s)
+		}
 		if err != nil {
-			return applied, fmt.Errorf("shaping %s: %w", ifname, err)
-		}
-		// Inside the container the interface's own directions apply.
-		if err := shape(dev, s.RateIngress, s.RateEgress, shapeIFB, "weft:shaping", s); err != nil {
-			return applied, err
-		}
-		if s.RateEgress > 0 {
-			applied = append(applied, "rate.egress="+FormatRate(s.RateEgress))
-		}
-		if s.RateIngress > 0 {
-			applied = append(applied, "rate.ingress="+FormatRate(s.RateIngress))
+			errs = append(errs, fmt.Errorf("shaping %s: %w", ifname, err))
+		} else {
+			if s.RateEgress > 0 {
+				applied = append(applied, "rate.egress="+FormatRate(s.RateEgress))
+			}
+			if s.RateIngress > 0 {
+				applied = append(applied, "rate.ingress="+FormatRate(s.RateIngress))
+			}
 		}
 	}
 	if len(s.Offloads) > 0 {
-		e, err := ethtool.NewEthtool()
+		got, err := setOffloads(ifname, s.Offloads)
+		applied = append(applied, got...)
 		if err != nil {
-			return applied, fmt.Errorf("ethtool: %w", err)
-		}
-		defer e.Close()
-		if err := e.Change(ifname, s.Offloads); err != nil {
-			return applied, fmt.Errorf("offloads on %s: %w", ifname, err)
-		}
-		got, err := e.Features(ifname)
-		if err != nil {
-			return applied, fmt.Errorf("read offloads of %s: %w", ifname, err)
-		}
-		for feat, want := range s.Offloads {
-			if got[feat] != want {
-				return applied, fmt.Errorf("offload %s on %s is %v after setting it to %v (the driver may not allow it)", feat, ifname, got[feat], want)
-			}
-			applied = append(applied, fmt.Sprintf("%s=%v", feat, want))
+			errs = append(errs, err)
 		}
 	}
-	keys := make([]string, 0, len(s.Sysctls))
-	for k := range s.Sysctls {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	for _, k := range sortedKeys(s.Sysctls) {
 		v := s.Sysctls[k]
-		real := strings.Replace(k, IfNamePlaceholder, ifname, 1)
-		p := filepath.Join(in.ProcSys, strings.ReplaceAll(real, ".", "/"))
+		real, p := sysctlFile(in.ProcSys, k, ifname)
 		if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
-			return applied, fmt.Errorf("sysctl %s=%s: %w", real, v, err)
+			errs = append(errs, fmt.Errorf("sysctl %s=%s: %w", real, v, err))
+			continue
 		}
 		b, err := os.ReadFile(p)
 		if err != nil || strings.Join(strings.Fields(string(b)), " ") != strings.Join(strings.Fields(v), " ") {
-			return applied, fmt.Errorf("sysctl %s reads back %q after writing %q", real, strings.TrimSpace(string(b)), v)
+			errs = append(errs, fmt.Errorf("sysctl %s reads back %q after writing %q", real, strings.TrimSpace(string(b)), v))
+			continue
 		}
 		applied = append(applied, real+"="+v)
 	}
-	return applied, nil
+	return applied, errors.Join(errs...)
+}
+
+// sysctlFile resolves a sysctl key for the interface ifname: the key as
+// shown (IFNAME replaced) and its file under procSys. Dots separate the
+// key's parts, so the interface name, which may hold dots (wan.0), goes in
+// as one path element.
+func sysctlFile(procSys, key, ifname string) (string, string) {
+	parts := strings.Split(key, ".")
+	for i, p := range parts {
+		if p == IfNamePlaceholder {
+			parts[i] = ifname
+		}
+	}
+	return strings.Join(parts, "."), filepath.Join(append([]string{procSys}, parts...)...)
 }
 
 // RemoveInside deletes an IFB weft made inside a container (for an endpoint

@@ -18,7 +18,7 @@ func TestParseInsideValidation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Sysctls["net.ipv4.tcp_keepalive_time"] != "600" || s.Sysctls["net.ipv4.conf.IFNAME.rp_filter"] != "2" || s.Offloads["tx-tcp-segmentation"] != true {
+	if s.Sysctls["net.ipv4.tcp_keepalive_time"] != "600" || s.Sysctls["net.ipv4.conf.IFNAME.rp_filter"] != "2" || s.Offloads["tso"] != true {
 		t.Fatalf("parsed %+v", s)
 	}
 	for _, bad := range []struct{ k, v, want string }{
@@ -64,8 +64,8 @@ func TestApplyInsideNamespace(t *testing.T) {
 	mac := l.Attrs().HardwareAddr.String()
 	in := Inside{HostRoot: "", Timeout: 2 * time.Second}
 	s := Settings{TxQueueLen: -1, Sysctls: map[string]string{"net.ipv4.conf.IFNAME.rp_filter": "2", "net.ipv4.tcp_keepalive_time": "600"},
-		Offloads: map[string]bool{"tx-tcp-segmentation": false}}
-	got, err := in.ApplyInside("/var/run/netns/wftunetest", mac, "wfcmoved", s, "")
+		Offloads: map[string]bool{"tso": false}}
+	got, err := in.ApplyInside("/var/run/netns/wftunetest", Ident{SrcName: "wfcmoved", MAC: mac}, s, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestApplyInsideNamespace(t *testing.T) {
 		t.Fatal("the host's own sysctl was changed")
 	}
 	// A namespace that never shows the interface: a bounded wait, then an error.
-	if _, err := (Inside{Timeout: 300 * time.Millisecond}).ApplyInside("/var/run/netns/wftunetest", "02:00:00:00:00:99", "wfcmoved", s, ""); err == nil {
+	if _, err := (Inside{Timeout: 300 * time.Millisecond}).ApplyInside("/var/run/netns/wftunetest", Ident{SrcName: "wfcmoved", MAC: "02:00:00:00:00:99"}, s, ""); err == nil {
 		t.Fatal("no error for a missing interface")
 	}
 }

@@ -44,7 +44,7 @@ type Settings struct {
 	Latency     time.Duration // 0: 25ms
 	// Applied inside the container's namespace (see inside.go).
 	Sysctls  map[string]string // net.* key (may hold IFNAME) -> value
-	Offloads map[string]bool   // kernel feature name -> on
+	Offloads map[string]bool   // offload option (tso, gso, ...: see offload.go) -> on
 }
 
 // HasInside reports whether anything must be done inside the container.
@@ -75,8 +75,8 @@ func (s Settings) String() string {
 	for k, v := range s.Sysctls {
 		inside = append(inside, PrefixSysctl+k+"="+v)
 	}
-	for f, on := range s.Offloads {
-		inside = append(inside, fmt.Sprintf("offload:%s=%v", f, on))
+	for o, on := range s.Offloads {
+		inside = append(inside, PrefixOffload+o+"="+onOffWord(on))
 	}
 	sort.Strings(inside)
 	p = append(p, inside...)

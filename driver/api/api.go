@@ -5,6 +5,7 @@ package api
 
 import (
 	"net/netip"
+	"strings"
 
 	"github.com/weft-net/weft/firewall"
 )
@@ -15,6 +16,7 @@ type Network struct {
 	Type     string
 	Options  map[string]string // the user's -o options, validated
 	IPv6     bool
+	NoIPv4   bool // IPv6-only (Docker 28+: --ipv4=false)
 	Internal bool
 	Pools    []netip.Prefix // subnets, IPv4 and IPv6
 	Gateways []netip.Prefix // gateway address with the subnet's length, one per subnet that has one
@@ -52,6 +54,9 @@ type PortBinding struct {
 	HostIP      string
 	HostPort    uint16
 	HostPortEnd uint16
+	// Direct: opened on the container's address IP (gateway mode routed),
+	// no host port. weft's own field, never sent by Docker.
+	Direct bool `json:",omitempty"`
 }
 
 // JoinInfo is what a type returns for Join.
@@ -103,6 +108,13 @@ type HostShaper interface {
 	HostSideShaping() bool
 }
 
+// GatewaySkipper is implemented by types that need no gateway address in
+// some configurations. Docker 28+ asks (GwAllocCheck) before it allocates
+// the network's addresses; opts are the -o options.
+type GatewaySkipper interface {
+	SkipGateway(opts map[string]string, internal bool) (v4, v6 bool, err error)
+}
+
 // Describer is implemented by types with endpoint facts worth showing in
 // the endpoint's operational info (e.g. which SR-IOV VF it holds).
 type Describer interface {
@@ -112,6 +124,33 @@ type Describer interface {
 // AliasPrefix starts the alias weft sets on every link it creates, so that
 // leftovers are recognisable even with user-chosen names.
 const AliasPrefix = "weft:"
+
+// LinkPrefixes are the name prefixes of the links weft creates: bridges
+// (weft-), veth ends (wfh, wfc), IFBs (wfi), host_access shims (wfs),
+// placeholder parents (wfd), ipvlan probes (wfp), the overlay's bridges,
+// VXLANs and veths (wfov, wfvx, wfoh, wfoc) and its WireGuard link (wfwg).
+var LinkPrefixes = []string{"weft-", "wfh", "wfc", "wfi", "wfs", "wfd", "wfp", "wfov", "wfvx", "wfoh", "wfoc", "wfwg"}
+
+// WeftStyleName reports whether name looks like one weft gives its own
+// links. Such a name is reserved: a user cannot choose it, and a device
+// bearing it without weft's label is never adopted or deleted.
+func WeftStyleName(name string) bool {
+	for _, p := range LinkPrefixes {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// Labelled reports whether a link's alias is a weft label (any instance).
+func Labelled(alias string) bool { return strings.HasPrefix(alias, AliasPrefix) }
+
+// LabelledFor reports whether a link's alias is a weft label for the
+// network netID (with or without an endpoint part).
+func LabelledFor(alias, netID string) bool {
+	return Labelled(alias) && (strings.HasSuffix(alias, ":"+netID) || strings.Contains(alias, ":"+netID+":"))
+}
 
 // Gateways returns the gateways an endpoint should use: none on an internal
 // network, and only for the address families the endpoint has.

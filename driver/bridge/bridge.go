@@ -31,6 +31,19 @@ const (
 	OptMTU         = "com.docker.network.driver.mtu"
 	OptIfPrefix    = "com.docker.network.container_iface_prefix"
 	OptMTUShort    = "mtu" // weft's short alias
+	// Docker 28+.
+	OptGwMode4 = "com.docker.network.bridge.gateway_mode_ipv4"
+	OptGwMode6 = "com.docker.network.bridge.gateway_mode_ipv6"
+	OptTrusted = "com.docker.network.bridge.trusted_host_interfaces"
+	OptHostIP4 = "com.docker.network.host_ipv4"
+)
+
+// Gateway modes (com.docker.network.bridge.gateway_mode_ipv4/6).
+const (
+	GwNAT      = "nat"
+	GwRouted   = "routed"
+	GwIsolated = "isolated"
+	gwNATUnpr  = "nat-unprotected"
 )
 
 // State keys persisted in api.Network.State.
@@ -41,6 +54,10 @@ const (
 	stMasq    = "masquerade"
 	stHostIP  = "host_binding_ipv4"
 	stIfPfx   = "iface_prefix"
+	stGwMode4 = "gateway_mode_ipv4"
+	stGwMode6 = "gateway_mode_ipv6"
+	stTrusted = "trusted_host_interfaces" // colon-separated, as in the option
+	stSNAT4   = "host_ipv4"
 	defaultMT = 1500
 )
 
@@ -56,7 +73,58 @@ func (t *Type) Name() string { return "bridge" }
 
 // Options implements api.NetworkType.
 func (t *Type) Options() []string {
-	return []string{OptName, OptICC, OptMasquerade, OptHostBinding, OptMTU, OptMTUShort, OptIfPrefix}
+	return []string{OptName, OptICC, OptMasquerade, OptHostBinding, OptMTU, OptMTUShort, OptIfPrefix,
+		OptGwMode4, OptGwMode6, OptTrusted, OptHostIP4}
+}
+
+// GatewayMode is the network's gateway mode for IPv4 (v6 false) or IPv6:
+// "" (weft's default: NAT for IPv4; for IPv6 routed egress with nothing
+// opened inward), nat, routed or isolated.
+func GatewayMode(n *api.Network, v6 bool) string {
+	if v6 {
+		return n.State[stGwMode6]
+	}
+	return n.State[stGwMode4]
+}
+
+// gatewayModes parses the gateway_mode options. Docker's nat-unprotected,
+// and NAT for IPv6, are refused by name: weft has no such rules (yet).
+func gatewayModes(o map[string]string, internal bool) (m4, m6 string, err error) {
+	for _, f := range []struct {
+		key string
+		dst *string
+		v6  bool
+	}{{OptGwMode4, &m4, false}, {OptGwMode6, &m6, true}} {
+		v, ok := o[f.key]
+		if !ok || v == "" {
+			continue
+		}
+		switch {
+		case v == GwRouted || v == GwIsolated || (v == GwNAT && !f.v6):
+		case v == gwNATUnpr:
+			return "", "", fmt.Errorf("option %s=%s is Docker bridge's; weft does not support it yet: weft always filters direct access to containers' unpublished ports; use %s (the default) or %s", f.key, v, GwNAT, GwRouted)
+		case v == GwNAT && f.v6:
+			return "", "", fmt.Errorf("option %s=%s is Docker bridge's; weft does not support it yet: weft routes IPv6 and does not NAT it; use %s (published ports are opened on the container's IPv6 address) or leave the option out", f.key, v, GwRouted)
+		default:
+			want := "nat, routed or isolated"
+			if f.v6 {
+				want = "routed or isolated"
+			}
+			return "", "", fmt.Errorf("option %s=%q: want %s", f.key, v, want)
+		}
+		if v == GwIsolated && !internal {
+			return "", "", fmt.Errorf("option %s=isolated: gateway mode isolated (no gateway address on the bridge) can only be used for an --internal network", f.key)
+		}
+		*f.dst = v
+	}
+	return m4, m6, nil
+}
+
+// SkipGateway implements api.GatewaySkipper: an isolated family has no
+// gateway address on the bridge, so Docker 28+ need not reserve one.
+func (t *Type) SkipGateway(opts map[string]string, internal bool) (v4, v6 bool, err error) {
+	m4, m6, err := gatewayModes(opts, internal)
+	return m4 == GwIsolated, m6 == GwIsolated, err
 }
 
 // HostSideShaping implements api.HostShaper: rate limits go on the host veth.
@@ -115,6 +183,30 @@ func (t *Type) Validate(n *api.Network, existing []*api.Network) error {
 		}
 		st[stHostIP] = a.String()
 	}
+	if st[stGwMode4], st[stGwMode6], err = gatewayModes(o, n.Internal); err != nil {
+		return err
+	}
+	if h, ok := o[OptHostIP4]; ok {
+		a, err := netip.ParseAddr(h)
+		if err != nil || !a.Is4() {
+			return fmt.Errorf("option %s=%q: want an IPv4 address of this host, the source address of the network's outgoing IPv4 traffic", OptHostIP4, h)
+		}
+		if !masq || st[stGwMode4] == GwRouted {
+			return fmt.Errorf("option %s=%s sets the source address of IPv4 NAT, and this network has none (%s=false or %s=routed); remove one of them", OptHostIP4, h, OptMasquerade, OptGwMode4)
+		}
+		st[stSNAT4] = a.String()
+	}
+	if v, ok := o[OptTrusted]; ok {
+		// Docker's separator: interface names cannot hold ':'.
+		var names []string
+		for _, name := range strings.FieldsFunc(v, func(r rune) bool { return r == ':' }) {
+			if err := api.IfName(OptTrusted, name); err != nil {
+				return fmt.Errorf("%w (the option is a ':'-separated list of host interfaces)", err)
+			}
+			names = append(names, name)
+		}
+		st[stTrusted] = strings.Join(names, ":")
+	}
 	if p := o[OptIfPrefix]; p != "" {
 		if err := api.IfName(OptIfPrefix, p+"0"); err != nil || len(p) > 12 {
 			return fmt.Errorf("option %s=%q: a prefix of 1 to 12 letters, digits, '_', '.' or '-'", OptIfPrefix, p)
@@ -123,6 +215,14 @@ func (t *Type) Validate(n *api.Network, existing []*api.Network) error {
 	}
 	if len(n.Pools) == 0 {
 		return errors.New("the network has no subnet: give --subnet or use an IPAM driver that assigns one")
+	}
+	if n.NoIPv4 {
+		if h := o[OptHostBinding]; h != "" {
+			return fmt.Errorf("option %s=%s: this network has no IPv4 (--ipv4=false), so ports cannot be published on an IPv4 host address; remove the option", OptHostBinding, h)
+		}
+		if _, ok := o[OptHostIP4]; ok {
+			return fmt.Errorf("option %s: this network has no IPv4 (--ipv4=false) and so no IPv4 NAT; remove the option", OptHostIP4)
+		}
 	}
 	n.State = st
 	return nil
@@ -194,6 +294,11 @@ func (t *Type) ensureBridge(n *api.Network) error {
 		}
 	}
 	for _, gw := range n.Gateways {
+		if GatewayMode(n, gw.Addr().Is6()) == GwIsolated {
+			// Isolated: the host has no address on the network. Docker
+			// before 28 reserves a gateway anyway; it stays unused.
+			continue
+		}
 		// nodad: the gateway must answer at once, not after duplicate detection.
 		a := netutil.AddrOf(gw)
 		if gw.Addr().Is6() {
@@ -343,11 +448,24 @@ func (t *Type) Firewall(n *api.Network, eps []*api.Endpoint) *firewall.Network {
 		ICC:        n.State[stICC] != "false",
 		Masquerade: n.State[stMasq] != "false",
 		Internal:   n.Internal,
+		Routed4:    GatewayMode(n, false) == GwRouted,
+		Routed6:    GatewayMode(n, true) == GwRouted,
+	}
+	if a, err := netip.ParseAddr(n.State[stSNAT4]); err == nil {
+		fn.SNAT4 = a
+	}
+	if v := n.State[stTrusted]; v != "" {
+		fn.Trusted = strings.Split(v, ":")
 	}
 	for _, ep := range eps {
 		for _, p := range ep.Ports {
 			hip, _ := netip.ParseAddr(p.HostIP)
-			cip := ep.Addr4.Addr()
+			// The container address the binding goes to (IPv6 only in
+			// gateway_mode_ipv6=routed); records from before held IPv4.
+			cip, err := netip.ParseAddr(p.IP)
+			if err != nil {
+				cip = ep.Addr4.Addr()
+			}
 			proto := "tcp"
 			if p.Proto == 17 {
 				proto = "udp"

@@ -47,6 +47,19 @@ func (t *Type) Options() []string {
 	return []string{parent.OptParent, OptMode, OptFlag, parent.OptMTU, parent.OptMTUShort, parent.OptHostAccess}
 }
 
+// SkipGateway implements api.GatewaySkipper, as Docker's own ipvlan does
+// where weft needs no gateway: in l3 and l3s the default route is a device
+// route, and an --internal network has no default route. A --gateway the
+// user gives is still reserved.
+func (t *Type) SkipGateway(opts map[string]string, internal bool) (v4, v6 bool, err error) {
+	mode, err := parent.Mode(opts, OptMode, "l2", "l2", "l3", "l3s")
+	if err != nil {
+		return false, false, err
+	}
+	skip := mode != "l2" || internal
+	return skip, skip, nil
+}
+
 // Validate implements api.NetworkType.
 func (t *Type) Validate(n *api.Network, existing []*api.Network) error {
 	n.State = map[string]string{}

@@ -45,6 +45,14 @@ func (t *Type) Options() []string {
 	return []string{parent.OptParent, OptMode, parent.OptMTU, parent.OptMTUShort, parent.OptHostAccess}
 }
 
+// SkipGateway implements api.GatewaySkipper: an --internal network has no
+// default route, so no gateway address is needed (a --gateway the user
+// gives is still reserved). Otherwise weft keeps one, as before Docker 28:
+// containers get a default route through it.
+func (t *Type) SkipGateway(_ map[string]string, internal bool) (v4, v6 bool, err error) {
+	return internal, internal, nil
+}
+
 // Validate implements api.NetworkType.
 func (t *Type) Validate(n *api.Network, existing []*api.Network) error {
 	n.State = map[string]string{}

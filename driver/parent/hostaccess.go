@@ -30,6 +30,9 @@ func ValidateHostAccess(n *api.Network) error {
 	if n.State[StCreated] == "placeholder" {
 		return fmt.Errorf("option %s=true needs option parent: a network without a parent is internal", OptHostAccess)
 	}
+	if n.NoIPv4 {
+		return fmt.Errorf("option %s=true: weft's host access is IPv4 (a shim address and a /32 route per container), and this network has no IPv4 (--ipv4=false); remove the option", OptHostAccess)
+	}
 	a, ok := n.Aux[AuxHost]
 	if !ok || !a.Is4() {
 		return fmt.Errorf("option %s=true needs an IPv4 address for the host on this network: add --aux-address %s=<a free address in the subnet>", OptHostAccess, AuxHost)

@@ -7,6 +7,7 @@ package parent
 import (
 	"errors"
 	"fmt"
+	"net"
 	"regexp"
 	"strconv"
 	"strings"
@@ -57,6 +58,9 @@ func Validate(n *api.Network, existing []*api.Network) error {
 	if err := api.IfName(OptParent, p); err != nil {
 		return err
 	}
+	if err := Check(p, slaveFix); err != nil {
+		return err
+	}
 	n.State[StName] = p
 	// A parent weft created for another network stays weft's: whichever
 	// network goes last deletes it.
@@ -81,6 +85,70 @@ func Validate(n *api.Network, existing []*api.Network) error {
 		return fmt.Errorf("option parent=%s: neither it nor its base interface %s exists on this host", p, m[1])
 	}
 	n.State[StCreated] = "vlan"
+	return nil
+}
+
+const slaveFix = "give a physical interface, a bond or a VLAN of one"
+
+// Check refuses a parent that is not weft's to take: a bridge (Docker's or
+// weft's) or a port of one, whose macvlan/ipvlan slaves would bypass the
+// bridge's isolation; the loopback; or a link weft created for itself (by
+// label or by weft's name prefixes). A VLAN, existing or still to be made
+// (eth0.30), is judged by its base interface. A parent that does not
+// exist passes: the caller says so. fix ends each refusal.
+func Check(p, fix string) error {
+	return check(p, p, fix, 0)
+}
+
+func check(opt, name, fix string, depth int) error {
+	refuse := func(why string, a ...any) error {
+		return fmt.Errorf("option %s=%s: %s: %s", OptParent, opt, fmt.Sprintf(why, a...), fix)
+	}
+	of := ""
+	if name != opt {
+		of = fmt.Sprintf("its base interface ")
+	}
+	switch name {
+	case "lo":
+		return refuse("%s%s is the loopback interface", of, name)
+	case "docker0", "docker_gwbridge":
+		return refuse("%s%s is a bridge (Docker's); macvlan/ipvlan slaves of a bridge bypass its isolation", of, name)
+	}
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		if m := vlanName.FindStringSubmatch(name); m != nil && depth < 4 {
+			return check(opt, m[1], fix, depth+1)
+		}
+		if api.WeftStyleName(name) {
+			return refuse("%s%s is a name weft gives its own interfaces", of, name)
+		}
+		return nil
+	}
+	a := l.Attrs()
+	if v, ok := l.(*netlink.Vlan); ok && depth < 4 {
+		// weft's own 802.1q sub-interfaces (eth0.30) are valid parents: judge the base.
+		if base, err := netlink.LinkByIndex(v.ParentIndex); err == nil {
+			if api.WeftStyleName(name) {
+				return refuse("%s%s is a name weft gives its own interfaces", of, name)
+			}
+			return check(opt, base.Attrs().Name, fix, depth+1)
+		}
+	}
+	switch {
+	case a.Flags&net.FlagLoopback != 0:
+		return refuse("%s%s is the loopback interface", of, name)
+	case l.Type() == "bridge":
+		return refuse("%s%s is a bridge; macvlan/ipvlan slaves of a bridge bypass its isolation", of, name)
+	case api.Labelled(a.Alias):
+		return refuse("%s%s is an interface weft created for its own use (label %q)", of, name, a.Alias)
+	case api.WeftStyleName(name):
+		return refuse("%s%s is a name weft gives its own interfaces", of, name)
+	}
+	if a.MasterIndex != 0 {
+		if m, err := netlink.LinkByIndex(a.MasterIndex); err == nil && m.Type() == "bridge" {
+			return refuse("%s%s is a port of bridge %s; macvlan/ipvlan slaves of a bridge port bypass the bridge's isolation", of, name, m.Attrs().Name)
+		}
+	}
 	return nil
 }
 

@@ -140,6 +140,12 @@ func config(opts map[string]string) (VFConfig, error) {
 	return c, nil
 }
 
+// SkipGateway implements api.GatewaySkipper: as for macvlan, an
+// --internal network needs no gateway address.
+func (t *Type) SkipGateway(_ map[string]string, internal bool) (v4, v6 bool, err error) {
+	return internal, internal, nil
+}
+
 // Validate implements api.NetworkType.
 func (t *Type) Validate(n *api.Network, existing []*api.Network) error {
 	n.State = map[string]string{}
