@@ -20,7 +20,7 @@ import (
 func needEngine(t *testing.T, major int, why string) {
 	t.Helper()
 	if m := dockerMajor(t); m < major {
-		t.Skip(why)
+		t.Skip("[engine] " + why)
 	}
 }
 

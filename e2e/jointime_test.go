@@ -40,7 +40,7 @@ func buildEthfeatures(t *testing.T) string {
 func TestJoinTimeTuningFirstCommand(t *testing.T) {
 	major, _, v := engineVersion(t)
 	if major < 28 {
-		t.Skipf("Engine %s calls Join before the container's network namespace exists (it exists at Join from Engine 28), "+
+		t.Skipf("[engine] Engine %s calls Join before the container's network namespace exists (it exists at Join from Engine 28), "+
 			"so weft can only tune inside the container after it started; TestSysctlsAndOffloadsInsideContainer covers that", v)
 	}
 	probe := buildEthfeatures(t)
@@ -119,7 +119,7 @@ func TestJoinTimeIfname(t *testing.T) {
 
 	t.Run("honoured", func(t *testing.T) {
 		if !honours {
-			t.Skipf("Engine %s ignores InterfaceName.DstName in a remote driver's Join answer (honoured from 29.8): "+
+			t.Skipf("[engine] Engine %s ignores InterfaceName.DstName in a remote driver's Join answer (honoured from 29.8): "+
 				"the interface gets a DstPrefix name; subtest ignored checks that", v)
 		}
 		// Made before the container, so that it is removed after it.
