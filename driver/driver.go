@@ -46,7 +46,9 @@ const (
 
 // Firewall is what the driver needs from the firewall package.
 type Firewall interface {
-	Sync([]firewall.Network) error
+	// Sync installs the rules for the networks; bridges are the host's
+	// other bridges (hostBridges), which weft containers may not enter.
+	Sync(nets []firewall.Network, bridges []string) error
 	// Forget makes the next Sync re-read every rule from the kernel.
 	Forget()
 }
@@ -70,6 +72,39 @@ type Driver struct {
 
 	// insideWait: endpoint ID -> the inside tuning Join prepared, until applied.
 	insideWait map[string]*tuning.Pending
+
+	fwCaps FirewallCaps
+
+	// listBridges enumerates the host's bridges for the firewall (hostBridges).
+	listBridges func() []string
+}
+
+// FirewallCaps says which rules the firewall can install on this host.
+// The zero value: every family.
+type FirewallCaps struct {
+	// None: IPTABLES_BACKEND=none; no rules at all, for any family.
+	None bool
+	// NoIPv6: ip6tables does not work here, so IPv6 rules would be
+	// skipped; Err6 says why.
+	NoIPv6 bool
+	Err6   error
+}
+
+// SetFirewallCaps tells the driver what the firewall can do here.
+func (d *Driver) SetFirewallCaps(c FirewallCaps) { d.fwCaps = c }
+
+// checkIPv6Rules refuses an IPv6 network that needs firewall rules when
+// ip6tables does not work: it would exist without its IPv6 isolation.
+// With IPTABLES_BACKEND=none no family has rules, by the user's choice.
+func (d *Driver) checkIPv6Rules(n *api.Network, t api.NetworkType) error {
+	if !n.IPv6 || d.fwCaps.None || !d.fwCaps.NoIPv6 || t.Firewall(n, nil) == nil {
+		return nil
+	}
+	why := "it fails"
+	if d.fwCaps.Err6 != nil {
+		why = d.fwCaps.Err6.Error()
+	}
+	return fmt.Errorf("--ipv6: ip6tables does not work on this host (%s), so weft cannot install this network's IPv6 rules (isolation between networks, filtering of unpublished ports); make ip6tables work (e.g. load the ip6_tables or nf_tables kernel module) and restart the plugin (docker plugin disable, then enable), or create the network without --ipv6", why)
 }
 
 // SetParentMap sets this node's parent renames (setting PARENT_MAP): a
@@ -120,7 +155,8 @@ func (d *Driver) SetInside(in tuning.Inside) { d.inside = in }
 func New(st *store.Store, fw Firewall, scope, label string, types ...api.NetworkType) (*Driver, error) {
 	d := &Driver{st: st, fw: fw, scope: scope, label: label, types: map[string]api.NetworkType{},
 		nets: map[string]*api.Network{}, eps: map[string]*api.Endpoint{}, ports: newPortReserver(), ready: make(chan struct{}),
-		inside: tuning.Inside{HostRoot: "", Timeout: 30 * time.Second}, insideResult: map[string]string{}}
+		inside: tuning.Inside{HostRoot: "", Timeout: 30 * time.Second}, insideResult: map[string]string{},
+		listBridges: hostBridges}
 	for _, t := range types {
 		d.types[t.Name()] = t
 	}
@@ -270,15 +306,30 @@ func (d *Driver) typeOf(n *api.Network) (api.NetworkType, error) {
 
 // Watch re-checks the firewall every interval until stop closes: a
 // firewall script that flushes DOCKER-USER, or a reboot of Docker's
-// rules, must not leave weft's networks unprotected for long.
+// rules, must not leave weft's networks unprotected for long. A bridge
+// that appears or goes (netlink notification) re-syncs at once, so a new
+// Docker, libvirt or CNI bridge is walled off from weft containers.
 func (d *Driver) Watch(stop <-chan struct{}, interval time.Duration) {
 	<-d.ready
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	bridges := bridgeEvents(stop)
 	for {
 		select {
 		case <-stop:
 			return
+		case <-bridges:
+			// Coalesce a burst (a bridge and its ports come together).
+			time.Sleep(100 * time.Millisecond)
+			select {
+			case <-bridges:
+			default:
+			}
+			d.mu.Lock()
+			if err := d.syncFirewall(); err != nil {
+				logrus.WithError(err).Warn("firewall update after a bridge change failed")
+			}
+			d.mu.Unlock()
 		case <-t.C:
 			d.mu.Lock()
 			d.fw.Forget()
@@ -322,7 +373,11 @@ func (d *Driver) syncFirewall() error {
 			fns = append(fns, *fn)
 		}
 	}
-	if err := d.fw.Sync(fns); err != nil {
+	var bridges []string
+	if len(fns) > 0 {
+		bridges = d.listBridges()
+	}
+	if err := d.fw.Sync(fns, bridges); err != nil {
 		return fmt.Errorf("update firewall: %w", err)
 	}
 	return nil
@@ -550,6 +605,9 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 		return err
 	}
 	if err := t.Validate(n, d.sortedNets()); err != nil {
+		return err
+	}
+	if err := d.checkIPv6Rules(n, t); err != nil {
 		return err
 	}
 	others := d.sortedNets()

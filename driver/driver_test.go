@@ -90,7 +90,7 @@ type fakeFirewall struct {
 
 func (f *fakeFirewall) Forget() {}
 
-func (f *fakeFirewall) Sync(n []firewall.Network) error {
+func (f *fakeFirewall) Sync(n []firewall.Network, _ []string) error {
 	if f.fail != nil {
 		return f.fail
 	}

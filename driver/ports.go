@@ -178,6 +178,9 @@ func (d *Driver) ProgramExternalConnectivity(req *network.ProgramExternalConnect
 	if err != nil {
 		return err
 	}
+	if err := d.checkLoopbackPorts(want); err != nil {
+		return err
+	}
 	got, err := d.ports.allocate(ep.ID, want)
 	if err != nil {
 		return err
@@ -204,6 +207,24 @@ func (d *Driver) ProgramExternalConnectivity(req *network.ProgramExternalConnect
 	}
 	for _, p := range direct {
 		log.WithField("container", net.JoinHostPort(p.IP, strconv.Itoa(int(p.Port)))+"/"+protoName(p.Proto)).Info("port opened on the container's address (gateway mode routed)")
+	}
+	return nil
+}
+
+// checkLoopbackPorts refuses ports published on a loopback host address
+// when no firewall rules exist (IPTABLES_BACKEND=none): reaching them needs
+// route_localnet on the bridge, and without the rule that drops
+// containers' packets to 127.0.0.0/8 that would open the host's loopback
+// services to every container.
+func (d *Driver) checkLoopbackPorts(want []api.PortBinding) error {
+	if !d.fwCaps.None {
+		return nil
+	}
+	for _, p := range want {
+		if a, err := netip.ParseAddr(p.HostIP); err == nil && a.Unmap().IsLoopback() {
+			return fmt.Errorf("cannot publish port %s:%d/%s: weft runs with IPTABLES_BACKEND=none, which installs no rules: no rule keeps containers off the host's loopback, so weft does not route 127.0.0.0/8 to bridges (route_localnet stays off), and published ports are not forwarded; publish without a loopback address, or set IPTABLES_BACKEND=auto (docker plugin set)",
+				p.HostIP, p.HostPort, protoName(p.Proto))
+		}
 	}
 	return nil
 }

@@ -12,7 +12,7 @@ import (
 // the docker command fails with a message naming the problem, and that
 // nothing was created: no network, no link, no rule, no store record.
 func TestBadInputRejectedCleanly(t *testing.T) {
-	existing := ipamNetwork(t, "--subnet", "10.90.0.0/24", "-o", "com.docker.network.bridge.name=weft-taken")
+	existing := ipamNetwork(t, "--subnet", "10.90.0.0/24", "-o", "com.docker.network.bridge.name=wfe2etaken")
 	victim := sleeper(t, "--network", existing, "--ip", "10.90.0.20")
 	_ = victim
 
@@ -41,7 +41,7 @@ func TestBadInputRejectedCleanly(t *testing.T) {
 		{"bridge name too long", create("-o", "com.docker.network.bridge.name=a-very-long-bridge-name"), []string{"bridge.name", "1 to 15 letters"}},
 		{"bridge name with an iptables wildcard", create("-o", "com.docker.network.bridge.name=weft+"), []string{"bridge.name", "1 to 15 letters"}},
 		{"bridge name taken by a host interface", create("-o", "com.docker.network.bridge.name=lo"), []string{"lo already exists"}},
-		{"bridge name taken by weft", create("-o", "com.docker.network.bridge.name=weft-taken"), []string{"already used by weft network"}},
+		{"bridge name taken by weft", create("-o", "com.docker.network.bridge.name=wfe2etaken"), []string{"already used by weft network"}},
 		{"bad host binding", create("-o", "com.docker.network.bridge.host_binding_ipv4=localhost"), []string{"host_binding_ipv4", "IPv4 address"}},
 		{"bad interface prefix", create("-o", "com.docker.network.container_iface_prefix=e/th"), []string{"container_iface_prefix"}},
 		{"IPAM: overlapping subnet", create("--ipam-driver", plugin, "--subnet", "10.90.0.0/16"), []string{"10.90.0.0/16", "overlaps"}},

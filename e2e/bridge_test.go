@@ -59,19 +59,26 @@ func TestIsolation(t *testing.T) {
 	if !canPing(c1, ipOf(t, c1b, n1)) {
 		t.Fatal("containers on the same network cannot talk")
 	}
-	for _, c := range []struct{ from, to, what string }{
-		{c1, ip2, "weft network 1 -> weft network 2"},
-		{c2, ip1, "weft network 2 -> weft network 1"},
-		{d0, ip1, "docker0 -> weft"},
-		{c1, ipd, "weft -> docker0"},
-	} {
-		if canPing(c.from, c.to) {
-			t.Errorf("%s: %s reached %s, isolation broken", c.what, c.from, c.to)
-		}
-	}
-	// The host itself can still reach its containers (as with Docker's bridge).
-	if out, err := exec("ping", "-c1", "-W2", ip1); err != nil {
-		t.Errorf("host cannot ping %s: %v %s", ip1, err, out)
+	// Whatever the host's FORWARD policy (Docker 20.10 keeps ACCEPT when
+	// IP forwarding was already on).
+	for _, pol := range policies {
+		t.Run("policy="+pol, func(t *testing.T) {
+			forwardPolicy(t, pol)
+			for _, c := range []struct{ from, to, what string }{
+				{c1, ip2, "weft network 1 -> weft network 2"},
+				{c2, ip1, "weft network 2 -> weft network 1"},
+				{d0, ip1, "docker0 -> weft"},
+				{c1, ipd, "weft -> docker0"},
+			} {
+				if canPing(c.from, c.to) {
+					t.Errorf("%s: %s reached %s, isolation broken", c.what, c.from, c.to)
+				}
+			}
+			// The host itself can still reach its containers (as with Docker's bridge).
+			if out, err := exec("ping", "-c1", "-W2", ip1); err != nil {
+				t.Errorf("host cannot ping %s: %v %s", ip1, err, out)
+			}
+		})
 	}
 }
 

@@ -410,3 +410,19 @@ func dockerMajor(t testing.TB) int {
 // firewallBackend is the firewall backend of the engine under test
 // (scripts/e2e.sh says which it started): iptables or nftables.
 func firewallBackend() string { return envOr("WEFT_FIREWALL", "iptables") }
+
+// policies are the filter FORWARD policies every isolation check runs
+// under: Docker 20.10 leaves ACCEPT when IP forwarding was already on.
+var policies = []string{"ACCEPT", "DROP"}
+
+// forwardPolicy sets the iptables (nft) filter FORWARD policy for the rest
+// of the (sub)test and puts the previous one back afterwards.
+func forwardPolicy(t testing.TB, policy string) {
+	t.Helper()
+	old := "ACCEPT"
+	if strings.Contains(sh(t, "iptables-nft -S FORWARD"), "-P FORWARD DROP") {
+		old = "DROP"
+	}
+	sh(t, "iptables-nft -P FORWARD "+policy)
+	t.Cleanup(func() { _, _ = exec("iptables-nft", "-P", "FORWARD", old) })
+}

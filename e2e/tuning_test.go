@@ -181,9 +181,25 @@ func TestTuningDefaultsOverridesAndBadInput(t *testing.T) {
 // TestSysctlsAndOffloadsInsideContainer: settings that only mean something
 // inside the container's namespace are applied there after Docker moved
 // the interface in, for a new container (namespace made after Join) and
-// for `docker network connect` to a running one.
+// for `docker network connect` to a running one. Offload names mean what
+// they mean to ethtool(8): its summary lines, read by the host's ethtool in
+// the container's namespace, say what was asked.
 func TestSysctlsAndOffloadsInsideContainer(t *testing.T) {
-	n := ipamNetwork(t, "-o", "sysctl.net.ipv4.tcp_keepalive_time=600", "-o", "sysctl.net.ipv4.conf.IFNAME.rp_filter=2", "-o", "offload.tso=off")
+	if _, err := osexec.LookPath("ethtool"); err != nil {
+		t.Fatal("ethtool missing (scripts/e2e-env.sh installs it)")
+	}
+	allOff := []string{"tso", "tx", "sg", "gso", "gro", "rx"}
+	// Control: a veth in a container without options has these on (GRO
+	// is off on a veth until asked: the second container asks it on).
+	ctrl := sleeper(t, "--network", ipamNetwork(t))
+	if got := ethtoolSummary(t, ctrl, "eth0"); got != "tso=on tx=on sg=on gso=on gro=off rx=on" {
+		t.Fatalf("control: ethtool -k eth0 in a container without options: %s; the checks below would prove nothing", got)
+	}
+	opts := []string{"-o", "sysctl.net.ipv4.tcp_keepalive_time=600", "-o", "sysctl.net.ipv4.conf.IFNAME.rp_filter=2"}
+	for _, o := range allOff {
+		opts = append(opts, "-o", "offload."+o+"=off")
+	}
+	n := ipamNetwork(t, opts...)
 	c := sleeper(t, "--network", n)
 	eventually(t, 15*time.Second, "sysctls inside a new container", func() error {
 		ka, _ := execIn(c, "cat", "/proc/sys/net/ipv4/tcp_keepalive_time")
@@ -196,6 +212,15 @@ func TestSysctlsAndOffloadsInsideContainer(t *testing.T) {
 	if tso := featureIn(t, c, "eth0", "tx-tcp-segmentation"); tso {
 		t.Fatal("offload.tso=off but TSO is on inside the container")
 	}
+	// Every bit ethtool counts under a name is off, not just one (the
+	// old code left tx-tcp6-segmentation and others on: ethtool said
+	// "tcp-segmentation-offload: on").
+	eventually(t, 15*time.Second, "ethtool -k in the container", func() error {
+		if got := ethtoolSummary(t, c, "eth0"); got != "tso=off tx=off sg=off gso=off gro=off rx=off" {
+			return fmt.Errorf("ethtool -k eth0 with offload.{%s}=off: %s", strings.Join(allOff, ","), got)
+		}
+		return nil
+	})
 	// What was applied is in the endpoint's operational info.
 	eventually(t, 5*time.Second, "operational info", func() error {
 		info := operInfo(t, c, n)
@@ -214,7 +239,10 @@ func TestSysctlsAndOffloadsInsideContainer(t *testing.T) {
 	}
 	// A running container connected with an endpoint override: IFNAME is eth1 there.
 	r := sleeper(t)
-	mustDocker(t, "network", "connect", "--driver-opt", "sysctl.net.ipv4.conf.IFNAME.rp_filter=1", "--driver-opt", "offload.tso=on", n, r)
+	// TSO needs checksumming and scatter-gather, so those come back on
+	// with it; GSO and rx checksumming stay off as the network says.
+	mustDocker(t, "network", "connect", "--driver-opt", "sysctl.net.ipv4.conf.IFNAME.rp_filter=1", "--driver-opt", "offload.tso=on",
+		"--driver-opt", "offload.tx=on", "--driver-opt", "offload.sg=on", "--driver-opt", "offload.gro=on", n, r)
 	eventually(t, 15*time.Second, "sysctls after network connect", func() error {
 		rp, _ := execIn(r, "cat", "/proc/sys/net/ipv4/conf/eth1/rp_filter")
 		ka, _ := execIn(r, "cat", "/proc/sys/net/ipv4/tcp_keepalive_time")
@@ -226,6 +254,12 @@ func TestSysctlsAndOffloadsInsideContainer(t *testing.T) {
 	if !featureIn(t, r, "eth1", "tx-tcp-segmentation") {
 		t.Fatal("endpoint offload.tso=on did not override the network's off")
 	}
+	eventually(t, 15*time.Second, "ethtool -k after network connect", func() error {
+		if got := ethtoolSummary(t, r, "eth1"); got != "tso=on tx=on sg=on gso=off gro=on rx=off" {
+			return fmt.Errorf("ethtool -k eth1 with the network's offloads off and tso, tx, sg, gro on for the endpoint: %s", got)
+		}
+		return nil
+	})
 	// Bad values are refused at connect time.
 	fresh := sleeper(t)
 	for _, bad := range []struct {
@@ -242,6 +276,30 @@ func TestSysctlsAndOffloadsInsideContainer(t *testing.T) {
 			t.Errorf("docker %s: %v %s (want %q)", strings.Join(bad.args, " "), err, out, bad.want)
 		}
 	}
+}
+
+// ethtoolSummary runs the host's ethtool(8) -k in the container's network
+// namespace and returns its summary lines of the offload options, as
+// "tso=on tx=off ...".
+func ethtoolSummary(t *testing.T, c, ifname string) string {
+	t.Helper()
+	out := sh(t, fmt.Sprintf("nsenter -t %s -n ethtool -k %s", pidOf(t, c), ifname))
+	lines := map[string]string{}
+	for _, l := range strings.Split(out, "\n") {
+		if k, v, ok := strings.Cut(l, ": "); ok && !strings.HasPrefix(l, "\t") {
+			lines[k] = v
+		}
+	}
+	var got []string
+	for _, o := range []struct{ opt, line string }{{"tso", "tcp-segmentation-offload"}, {"tx", "tx-checksumming"}, {"sg", "scatter-gather"},
+		{"gso", "generic-segmentation-offload"}, {"gro", "generic-receive-offload"}, {"rx", "rx-checksumming"}} {
+		v, ok := lines[o.line]
+		if !ok {
+			t.Fatalf("ethtool -k %s has no line %q:\n%s", ifname, o.line, out)
+		}
+		got = append(got, o.opt+"="+strings.TrimSuffix(v, " [fixed]"))
+	}
+	return strings.Join(got, " ")
 }
 
 // featureIn reads an ethtool feature of an interface inside a container.

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"sort"
 	"strconv"
+	"strings"
 )
 
 // Chain names. Everything weft creates starts with WEFT so it is recognisably ours.
@@ -64,7 +65,7 @@ func hostPrefix(a netip.Addr) string {
 // container's own address: in routed mode from outside (not from other
 // weft or Docker networks, which stay isolated), and from the trusted host
 // interfaces in every mode.
-func directAccess(fam Family, n Network, nets []Network) []Rule {
+func directAccess(fam Family, n Network, nets []Network, bridges []string) []Rule {
 	var out []Rule
 	ports := sortedPorts(n.Ports)
 	if n.routed(fam) {
@@ -73,8 +74,12 @@ func directAccess(fam Family, n Network, nets []Network) []Rule {
 				out = append(out, Rule{"-i", o.Bridge, "-o", n.Bridge, "-j", "DROP"})
 			}
 		}
-		for _, d := range dockerBridges {
-			out = append(out, Rule{"-i", d, "-o", n.Bridge, "-j", "DROP"})
+		// Every other local bridge; not a pattern that matches this
+		// bridge itself (its ICC rule follows).
+		for _, d := range otherBridges(n, nets, bridges) {
+			if !covered(n.Bridge, []string{d}) {
+				out = append(out, Rule{"-i", d, "-o", n.Bridge, "-j", "DROP"})
+			}
 		}
 	}
 	port := func(in []string, p PortMap) Rule {
@@ -161,26 +166,68 @@ type Rule []string
 // Ruleset is the content of weft's chains for one family: table -> chain -> rules.
 type Ruleset map[string]map[string][]Rule
 
-// dockerBridges are output interfaces whose traffic Docker's own FORWARD
-// rules must judge (so a weft container reaches a Docker container only
-// through a published port), matched by Docker's naming.
-var dockerBridges = []string{"docker0", "br-+"}
+// BridgePatterns are the names of other local bridges that a weft container
+// may only reach through a published port (DNAT) or with a reply: Docker's,
+// swarm's docker_gwbridge, libvirt's, CNI's, LXC's and LXD's, and weft's
+// own. They guard a bridge of those kinds before netlink enumeration (the
+// bridges argument of Render) has seen it.
+var BridgePatterns = []string{"docker0", "br-+", "docker_gwbridge", "virbr+", "cni+", "lxcbr+", "lxdbr+", "weft+"}
 
-// Render builds the desired rules for family from nets.
-func Render(family Family, nets []Network) Ruleset {
+// covered reports whether interface name is matched by one of the iptables
+// interface patterns (a trailing + matches any suffix).
+func covered(name string, patterns []string) bool {
+	for _, p := range patterns {
+		if p == name || (strings.HasSuffix(p, "+") && strings.HasPrefix(name, strings.TrimSuffix(p, "+"))) {
+			return true
+		}
+	}
+	return false
+}
+
+// otherBridges is the sorted list of interfaces (patterns, then enumerated
+// bridges no pattern covers) that weft network self must not open new
+// connections into; weft's own bridges are left out (their ingress rules
+// already drop what is not theirs).
+func otherBridges(self Network, nets []Network, bridges []string) []string {
+	own := map[string]bool{}
+	for _, n := range nets {
+		own[n.Bridge] = true
+	}
+	var out []string
+	for _, p := range BridgePatterns {
+		if p != self.Bridge {
+			out = append(out, p)
+		}
+	}
+	extra := append([]string(nil), bridges...)
+	sort.Strings(extra)
+	for i, b := range extra {
+		if b == "" || own[b] || covered(b, BridgePatterns) || (i > 0 && extra[i-1] == b) {
+			continue
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+// loopbackHost reports whether a published port is bound to a loopback
+// address of family fam (127.0.0.0/8 or ::1).
+func loopbackHost(p PortMap, fam Family) bool {
+	return inFamily(p.HostIP, fam) && p.HostIP.IsLoopback()
+}
+
+// Render builds the desired rules for family from nets. bridges are the
+// host's other bridges (every link of type bridge netlink lists, except
+// uplinks): a weft container reaches them only through published ports.
+// Render is pure: the caller enumerates.
+func Render(family Family, nets []Network, bridges []string) Ruleset {
 	nets = append([]Network(nil), nets...)
 	sort.Slice(nets, func(i, j int) bool { return nets[i].ID < nets[j].ID })
 	rs := Ruleset{"filter": {ChainForward: nil}}
 	if family == IPv4 {
 		rs["nat"] = map[string][]Rule{ChainDNAT: nil, ChainPostrouting: nil}
-		// route_localnet (for published ports on 127.0.0.1) would also let a
-		// container send to the host's loopback services: drop that early.
-		var raw []Rule
-		for _, n := range nets {
-			raw = append(raw, Rule{"-d", "127.0.0.0/8", "-i", n.Bridge, "-j", "DROP"})
-		}
-		rs["raw"] = map[string][]Rule{ChainRaw: raw}
 	}
+	rs["raw"] = map[string][]Rule{ChainRaw: renderRaw(family, nets)}
 	fwd := &[]Rule{}
 	add := func(r ...string) { *fwd = append(*fwd, Rule(r)) }
 
@@ -203,7 +250,7 @@ func Render(family Family, nets []Network) Ruleset {
 			add("-o", br, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT")
 		}
 		if !n.Internal {
-			*fwd = append(*fwd, directAccess(family, n, nets)...)
+			*fwd = append(*fwd, directAccess(family, n, nets, bridges)...)
 		}
 		if n.ICC {
 			add("-i", br, "-o", br, "-j", "ACCEPT")
@@ -212,13 +259,18 @@ func Render(family Family, nets []Network) Ruleset {
 		}
 		add("-o", br, "-j", "DROP")
 	}
+	// Egress, whatever the FORWARD policy: replies and connections to
+	// published ports (DNAT) go anywhere; new connections into any other
+	// local bridge are dropped; the rest (the uplink) is accepted.
 	for _, n := range nets {
 		if n.Internal {
 			continue
 		}
 		br := n.Bridge
-		for _, d := range dockerBridges {
-			add("-i", br, "-o", d, "-j", "RETURN")
+		add("-i", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+		add("-i", br, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT")
+		for _, o := range otherBridges(n, nets, bridges) {
+			add("-i", br, "-o", o, "-j", "DROP")
 		}
 		add("-i", br, "-j", "ACCEPT")
 	}
@@ -276,6 +328,60 @@ func Render(family Family, nets []Network) Ruleset {
 	return rs
 }
 
+// renderRaw is the raw PREROUTING chain for family: before conntrack and
+// DNAT, (1) a weft container may not send to 127.0.0.0/8 (route_localnet on
+// weft bridges would let it reach host loopback services); (2) a port
+// published on a loopback address is for the host only: packets to it that
+// arrive on any interface but lo are dropped, as Docker 28+ does for its own
+// mappings (the kernel's martian check comes after DNAT, too late); (3) a
+// weft bridge accepts only sources of its own network's subnets (IPv6:
+// also link-local and the unspecified address, for neighbour discovery),
+// so a container cannot send as another network and be masqueraded by its
+// rule. (3) comes last: its RETURNs end the chain for a bridge's packets.
+func renderRaw(fam Family, nets []Network) []Rule {
+	var raw []Rule
+	if fam == IPv4 {
+		for _, n := range nets {
+			raw = append(raw, Rule{"-d", "127.0.0.0/8", "-i", n.Bridge, "-j", "DROP"})
+		}
+	}
+	type key struct {
+		ip    netip.Addr
+		proto string
+		port  uint16
+	}
+	seen := map[key]bool{}
+	for _, n := range nets {
+		if n.Internal {
+			continue
+		}
+		for _, p := range sortedPorts(n.Ports) {
+			k := key{p.HostIP, p.Proto, p.HostPort}
+			if !loopbackHost(p, fam) || seen[k] {
+				continue
+			}
+			seen[k] = true
+			raw = append(raw, Rule{"-d", hostPrefix(p.HostIP), "!", "-i", "lo", "-p", p.Proto, "-m", p.Proto, "--dport", strconv.Itoa(int(p.HostPort)), "-j", "DROP"})
+		}
+	}
+	for _, n := range nets {
+		var allowed []string
+		for _, s := range n.Subnets {
+			if inFamily(s.Addr(), fam) {
+				allowed = append(allowed, s.Masked().String())
+			}
+		}
+		if fam == IPv6 {
+			allowed = append(allowed, "fe80::/10", "::/128")
+		}
+		for _, a := range allowed {
+			raw = append(raw, Rule{"-s", a, "-i", n.Bridge, "-j", "RETURN"})
+		}
+		raw = append(raw, Rule{"-i", n.Bridge, "-j", "DROP"})
+	}
+	return raw
+}
+
 // Hook is a jump from a built-in chain into one of weft's chains.
 type Hook struct {
 	Table, Chain string
@@ -293,10 +399,12 @@ const dockerUser = "DOCKER-USER"
 // Hooks lists the jumps weft needs for family (the FORWARD one is placed
 // by forwardHook).
 func Hooks(family Family) []Hook {
-	h := []Hook{{Table: "filter", Chain: "FORWARD", Rule: Rule{"-j", ChainForward}}}
+	h := []Hook{
+		{Table: "filter", Chain: "FORWARD", Rule: Rule{"-j", ChainForward}},
+		{Table: "raw", Chain: "PREROUTING", Rule: Rule{"-j", ChainRaw}},
+	}
 	if family == IPv4 {
 		h = append(h,
-			Hook{Table: "raw", Chain: "PREROUTING", Rule: Rule{"-j", ChainRaw}},
 			Hook{Table: "nat", Chain: "PREROUTING", Rule: Rule{"-m", "addrtype", "--dst-type", "LOCAL", "-j", ChainDNAT}},
 			Hook{Table: "nat", Chain: "OUTPUT", Rule: Rule{"-m", "addrtype", "--dst-type", "LOCAL", "-j", ChainDNAT}},
 			Hook{Table: "nat", Chain: "POSTROUTING", Rule: Rule{"-j", ChainPostrouting}},

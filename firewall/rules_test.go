@@ -14,6 +14,10 @@ var update = flag.Bool("update", false, "rewrite the golden files")
 func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 func ip(s string) netip.Addr    { return netip.MustParseAddr(s) }
 
+// testBridges stands for what the driver enumerates: the network's own
+// bridge, Docker's (covered by patterns) and a bridge no pattern knows.
+var testBridges = []string{"weft-n1", "docker0", "br-0123456789ab", "mybr0"}
+
 func base() Network {
 	return Network{ID: "n1", Bridge: "weft-n1", Subnets: []netip.Prefix{pfx("10.20.0.0/24")}, ICC: true, Masquerade: true}
 }
@@ -69,7 +73,7 @@ func goldenCases() map[string][]Network {
 func TestRenderGolden(t *testing.T) {
 	for name, nets := range goldenCases() {
 		t.Run(name, func(t *testing.T) {
-			got := "# IPv4\n" + Render(IPv4, nets).Format() + "# IPv6\n" + Render(IPv6, nets).Format()
+			got := "# IPv4\n" + Render(IPv4, nets, testBridges).Format() + "# IPv6\n" + Render(IPv6, nets, testBridges).Format()
 			path := filepath.Join("testdata", name+".golden")
 			if *update {
 				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
@@ -90,7 +94,7 @@ func TestRenderGolden(t *testing.T) {
 func TestRenderIsolationOrder(t *testing.T) {
 	// Every rule about traffic into a bridge must come before any egress ACCEPT,
 	// or one weft network could reach another.
-	rs := Render(IPv4, goldenCases()["two-networks"])
+	rs := Render(IPv4, goldenCases()["two-networks"], testBridges)
 	rules := rs["filter"][ChainForward]
 	lastIn, firstOut := -1, len(rules)
 	for i, r := range rules {
@@ -111,7 +115,7 @@ func TestSyncIdempotentAndMinimal(t *testing.T) {
 	v4, v6 := dockerFake(), NewFake()
 	fw := New(v4, v6)
 	nets := []Network{base()}
-	if err := fw.Sync(nets); err != nil {
+	if err := fw.Sync(nets, nil); err != nil {
 		t.Fatal(err)
 	}
 	dump := v4.Dump()
@@ -121,7 +125,7 @@ func TestSyncIdempotentAndMinimal(t *testing.T) {
 	// A second sync with a forgotten cache must read the kernel and change nothing.
 	fw.Forget()
 	before := fw.Ops
-	if err := fw.Sync(nets); err != nil {
+	if err := fw.Sync(nets, nil); err != nil {
 		t.Fatal(err)
 	}
 	if fw.Ops != before {
@@ -131,7 +135,7 @@ func TestSyncIdempotentAndMinimal(t *testing.T) {
 	withPort := base()
 	withPort.Ports = []PortMap{{Proto: "tcp", HostPort: 8080, ContainerIP: ip("10.20.0.2"), ContainerPort: 80}}
 	before = fw.Ops
-	if err := fw.Sync([]Network{withPort}); err != nil {
+	if err := fw.Sync([]Network{withPort}, nil); err != nil {
 		t.Fatal(err)
 	}
 	// Exactly four inserts: DNAT accept, the DNAT itself, hairpin and localhost masquerade.
@@ -142,14 +146,14 @@ func TestSyncIdempotentAndMinimal(t *testing.T) {
 		t.Fatalf("DNAT rule missing:\n%s", v4.Dump())
 	}
 	// Removing the port removes exactly its rules again.
-	if err := fw.Sync(nets); err != nil {
+	if err := fw.Sync(nets, nil); err != nil {
 		t.Fatal(err)
 	}
 	if v4.Dump() != dump {
 		t.Fatalf("state after removing the port differs:\n%s\nwant\n%s", v4.Dump(), dump)
 	}
 	// The last network gone: hooks and chains gone, Docker's rules untouched.
-	if err := fw.Sync(nil); err != nil {
+	if err := fw.Sync(nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range []string{v4.Dump(), v6.Dump()} {
@@ -176,14 +180,14 @@ func TestForwardJumpSurvivesDockerAndUsers(t *testing.T) {
 	v4 := dockerFake()
 	fw := New(v4, nil)
 	nets := []Network{base()}
-	if err := fw.Sync(nets); err != nil {
+	if err := fw.Sync(nets, nil); err != nil {
 		t.Fatal(err)
 	}
 	// Docker adds a network: its rules go to the top of FORWARD. A user
 	// inserts a rule at the top of DOCKER-USER. Neither disturbs weft.
 	_ = v4.Insert("filter", "FORWARD", 1, "-i", "br-new", "!", "-o", "br-new", "-j", "ACCEPT")
 	_ = v4.Insert("filter", "DOCKER-USER", 1, "-s", "192.0.2.9/32", "-j", "DROP")
-	if err := fw.Sync(nets); err != nil {
+	if err := fw.Sync(nets, nil); err != nil {
 		t.Fatal(err)
 	}
 	if d := v4.Dump(); !strings.Contains(d, "filter/DOCKER-USER\n  -s 192.0.2.9/32 -j DROP\n  -j WEFT-FORWARD\n  -j RETURN\n") {
@@ -193,7 +197,7 @@ func TestForwardJumpSurvivesDockerAndUsers(t *testing.T) {
 	// else changed, as the watchdog runs it) restores the jump.
 	_ = v4.ClearChain("filter", "DOCKER-USER")
 	_ = v4.Append("filter", "DOCKER-USER", "-j", "RETURN")
-	if err := fw.Sync(nets); err != nil {
+	if err := fw.Sync(nets, nil); err != nil {
 		t.Fatal(err)
 	}
 	if d := v4.Dump(); !strings.Contains(d, "filter/DOCKER-USER\n  -j WEFT-FORWARD\n  -j RETURN\n") {
@@ -206,7 +210,7 @@ func TestForwardJumpWithoutDockerThenWithDocker(t *testing.T) {
 	_ = v4.Append("filter", "FORWARD", "-j", "SOMETHING")
 	fw := New(v4, nil)
 	nets := []Network{base()}
-	if err := fw.Sync(nets); err != nil {
+	if err := fw.Sync(nets, nil); err != nil {
 		t.Fatal(err)
 	}
 	if d := v4.Dump(); !strings.Contains(d, "filter/FORWARD\n  -j WEFT-FORWARD\n  -j SOMETHING\n") {
@@ -216,14 +220,14 @@ func TestForwardJumpWithoutDockerThenWithDocker(t *testing.T) {
 	_ = v4.NewChain("filter", "DOCKER-USER")
 	_ = v4.Append("filter", "DOCKER-USER", "-j", "RETURN")
 	_ = v4.Insert("filter", "FORWARD", 1, "-j", "DOCKER-USER")
-	if err := fw.Sync(nets); err != nil {
+	if err := fw.Sync(nets, nil); err != nil {
 		t.Fatal(err)
 	}
 	d := v4.Dump()
 	if strings.Count(d, "-j WEFT-FORWARD") != 1 || !strings.Contains(d, "filter/DOCKER-USER\n  -j WEFT-FORWARD\n  -j RETURN\n") {
 		t.Fatalf("jump not moved into DOCKER-USER:\n%s", d)
 	}
-	if err := fw.Sync(nil); err != nil {
+	if err := fw.Sync(nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Contains(v4.Dump(), "WEFT") {
@@ -235,7 +239,7 @@ func TestSyncRepairsTamperedChain(t *testing.T) {
 	v4 := NewFake()
 	fw := New(v4, nil)
 	nets := []Network{base(), goldenCases()["two-networks"][0]}
-	if err := fw.Sync(nets); err != nil {
+	if err := fw.Sync(nets, nil); err != nil {
 		t.Fatal(err)
 	}
 	want := v4.Dump()
@@ -245,7 +249,7 @@ func TestSyncRepairsTamperedChain(t *testing.T) {
 	_ = v4.Append("filter", ChainForward, "-j", "ACCEPT")
 	_ = v4.Append("filter", ChainForward, strings.Fields(rules[0])...)
 	fw.Forget()
-	if err := fw.Sync(nets); err != nil {
+	if err := fw.Sync(nets, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := v4.Dump(); got != want {
@@ -263,7 +267,7 @@ func TestForwardJumpIgnoresUnreachedDockerUser(t *testing.T) {
 	_ = v4.Append("filter", "DOCKER-USER", "-j", "RETURN")
 	fw := New(v4, nil)
 	nets := []Network{base()}
-	if err := fw.Sync(nets); err != nil {
+	if err := fw.Sync(nets, nil); err != nil {
 		t.Fatal(err)
 	}
 	d := v4.Dump()
@@ -273,7 +277,7 @@ func TestForwardJumpIgnoresUnreachedDockerUser(t *testing.T) {
 
 	// Docker (iptables backend) comes up: the jump moves into DOCKER-USER.
 	_ = v4.Insert("filter", "FORWARD", 1, "-j", "DOCKER-USER")
-	if err := fw.Sync(nets); err != nil {
+	if err := fw.Sync(nets, nil); err != nil {
 		t.Fatal(err)
 	}
 	d = v4.Dump()
@@ -285,7 +289,7 @@ func TestForwardJumpIgnoresUnreachedDockerUser(t *testing.T) {
 	_ = v4.ClearChain("filter", "FORWARD")
 	_ = v4.ClearChain("filter", "DOCKER-USER")
 	fw.Forget()
-	if err := fw.Sync(nets); err != nil {
+	if err := fw.Sync(nets, nil); err != nil {
 		t.Fatal(err)
 	}
 	d = v4.Dump()

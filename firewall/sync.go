@@ -42,9 +42,10 @@ func New(v4, v6 IPTables) *Firewall {
 	return f
 }
 
-// Sync brings the kernel to the rules for nets. With no networks it removes
-// weft's hooks and chains altogether.
-func (f *Firewall) Sync(nets []Network) error {
+// Sync brings the kernel to the rules for nets; bridges are the host's
+// other bridges (see Render). With no networks it removes weft's hooks and
+// chains altogether.
+func (f *Firewall) Sync(nets []Network, bridges []string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, fam := range []Family{IPv4, IPv6} {
@@ -52,7 +53,7 @@ func (f *Firewall) Sync(nets []Network) error {
 		if !ok {
 			continue
 		}
-		rs := Render(fam, nets)
+		rs := Render(fam, nets, bridges)
 		if len(nets) == 0 {
 			if err := f.remove(fam, ipt, rs); err != nil {
 				return err

@@ -43,7 +43,9 @@ func shapingAvailable(t *testing.T) (egress, ingress error) {
 		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "probe0"}, PeerName: "probe1"}); err != nil {
 			return err
 		}
-		egress = tuning.Apply(tuning.Link{Host: "probe0", Cont: "probe0", IFB: "probeifb"}, tuning.Settings{TxQueueLen: -1, RateEgress: 1e6})
+		// On a host-side veth the directions swap: a container's ingress
+		// is the veth's root TBF, its egress goes through an IFB.
+		egress = tuning.Apply(tuning.Link{Host: "probe0", Cont: "probe0", IFB: "probeifb"}, tuning.Settings{TxQueueLen: -1, RateIngress: 1e6})
 		ingress = tuning.Apply(tuning.Link{Host: "probe0", Cont: "probe0", IFB: "probeifb"}, tuning.Settings{TxQueueLen: -1, RateEgress: 1e6, RateIngress: 1e6})
 		return nil
 	})

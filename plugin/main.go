@@ -167,7 +167,7 @@ func run(s Settings) error {
 		logrus.Warn("IPTABLES_BACKEND=none: weft installs no firewall rules; bridge networks have no NAT, isolation or published ports")
 		fw = firewall.New(nil, nil)
 	case v6 == nil:
-		logrus.WithError(err6).Warn("ip6tables unavailable: IPv6 networks get no firewall rules")
+		logrus.WithError(err6).Warn("ip6tables unavailable: bridge networks with --ipv6 are refused (their IPv6 rules could not be installed)")
 		fw = firewall.New(v4, nil)
 	default:
 		fw = firewall.New(v4, v6)
@@ -192,7 +192,7 @@ func run(s Settings) error {
 	var ovl *overlay.Type
 	if s.Scope == "local" {
 		// Swarm networks span hosts: a bridge or a host's VF does not.
-		types = append(types, &bridge.Type{Scope: label}, vfs)
+		types = append(types, &bridge.Type{Scope: label, NoLoopbackGuard: backend == "none"}, vfs)
 	} else {
 		if ovl, err = overlayType(s, st, label); err != nil {
 			return err
@@ -205,6 +205,9 @@ func run(s Settings) error {
 		return err
 	}
 	drv.SetInside(tuning.Inside{HostRoot: s.HostRoot, Timeout: 30 * time.Second})
+	if s.Scope == "local" {
+		drv.SetFirewallCaps(firewallCaps(backend, v6, err6))
+	}
 	pm, err := driver.ParseParentMap(s.ParentMap)
 	if err != nil {
 		return err
@@ -241,6 +244,19 @@ func run(s Settings) error {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
 	}
+}
+
+// firewallCaps says what the local instance's firewall can do: with
+// IPTABLES_BACKEND=none nothing, without a working ip6tables no IPv6 rules
+// (IPv6 bridge networks are then refused).
+func firewallCaps(backend firewall.Backend, v6 *iptables.IPTables, err6 error) driver.FirewallCaps {
+	if backend == "none" {
+		return driver.FirewallCaps{None: true}
+	}
+	if v6 == nil {
+		return driver.FirewallCaps{NoIPv6: true, Err6: err6}
+	}
+	return driver.FirewallCaps{}
 }
 
 // overlayType builds the swarm instance's overlay type from the settings.

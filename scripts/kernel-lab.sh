@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 lab=build/kernel-lab
 mkdir -p "$lab"
-modules=(ipvlan macvlan 8021q dummy veth wireguard tun vxlan)
+modules=(ipvlan macvlan 8021q dummy veth wireguard tun vxlan sch_tbf ifb sch_ingress cls_u32 act_mirred)
 
 need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)

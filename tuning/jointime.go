@@ -123,9 +123,9 @@ func (in Inside) Prepare(sandbox, dev, mac string, s Settings, shapeIFB string) 
 		return p
 	}
 	if len(s.Offloads) > 0 {
-		if got, err := setOffloads(dev, s.Offloads); err == nil {
-			p.early = append(p.early, got...)
-		}
+		// What cannot be met is reported by Finish, which sets them again.
+		got, _ := setOffloads(dev, s.Offloads)
+		p.early = append(p.early, got...)
 	}
 	var root string
 	for _, r := range in.roots() {

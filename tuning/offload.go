@@ -167,9 +167,9 @@ func setOffloads(dev string, want map[string]bool) ([]string, error) {
 			why := "fixed by the device"
 			switch {
 			case follows && fixed(st):
-				why = "fixed: a " + kind + " follows its parent's"
+				why = "fixed: " + kind + " interfaces follow their parent's"
 			case follows:
-				why = "the " + kind + " takes it from its parent, or a feature it depends on keeps it " + onOffWord(st.Active)
+				why = kind + " interfaces take it from their parent, or a feature it depends on keeps it " + onOffWord(st.Active)
 			case !fixed(st):
 				why = "the device or a feature it depends on keeps it " + onOffWord(st.Active)
 			}
@@ -184,16 +184,18 @@ func setOffloads(dev string, want map[string]bool) ([]string, error) {
 		}
 		applied = append(applied, fmt.Sprintf("%s%s=%s:%s", PrefixOffload, o, onOffWord(v), strings.Join(bits, ",")))
 	}
-	var also []string
-	for _, f := range sortedKeys(after) {
+	var changed []string
+	for f := range after {
 		if !asked[f] && after[f].Active != before[f].Active {
-			also = append(also, fmt.Sprintf("%s=%v", f, after[f].Active))
+			changed = append(changed, f)
 		}
 	}
-	if len(also) > 0 {
-		sort.Slice(also, func(i, j int) bool {
-			return names[strings.SplitN(also[i], "=", 2)[0]] < names[strings.SplitN(also[j], "=", 2)[0]]
-		})
+	if len(changed) > 0 {
+		sort.Slice(changed, func(i, j int) bool { return names[changed[i]] < names[changed[j]] })
+		also := make([]string, len(changed))
+		for i, f := range changed {
+			also[i] = fmt.Sprintf("%s=%v", f, after[f].Active)
+		}
 		applied = append(applied, "also:"+strings.Join(also, ","))
 	}
 	return applied, errors.Join(errs...)

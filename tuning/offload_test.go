@@ -2,9 +2,11 @@ package tuning
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/safchain/ethtool"
 	"github.com/vishvananda/netlink"
@@ -73,6 +75,9 @@ var summaries = map[string]string{
 // (tx-scatter-gather-fraglist).
 func TestOffloadsMeanWhatEthtoolMeans(t *testing.T) {
 	if _, err := exec.LookPath("ethtool"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("ethtool(8) is not installed (make deps installs Debian's ethtool)")
+		}
 		t.Skip("ethtool(8) is not installed (make deps installs Debian's ethtool)")
 	}
 	nstest.Run(t, func() {
@@ -214,11 +219,15 @@ func TestOffloadRequestsThatCannotBeMet(t *testing.T) {
 		e.Close()
 		_, err = setOffloads("wfomv", map[string]bool{"tso": false})
 		if fixed(st["tx-tcp-segmentation"]) {
-			if err == nil || !strings.Contains(err.Error(), "offload.tso=off on wfomv cannot be met") || !strings.Contains(err.Error(), "a macvlan follows its parent's") {
+			if err == nil || !strings.Contains(err.Error(), "offload.tso=off on wfomv cannot be met") || !strings.Contains(err.Error(), "macvlan interfaces follow their parent's") {
 				t.Errorf("tso=off on a macvlan: %v", err)
 			}
 		} else if err != nil {
 			t.Errorf("tso=off on a macvlan whose TSO can change: %v", err)
+		}
+		// TSO needs checksumming.
+		if _, err := setOffloads("wfof", map[string]bool{"tso": true, "tx": false, "sg": true}); err == nil || !strings.Contains(err.Error(), "offload.tso=on") {
+			t.Errorf("tso=on tx=off: %v, want an error naming offload.tso", err)
 		}
 		// Side effects are reported: without checksumming the kernel drops TSO.
 		veth(t, "wfod", "wfodp")
@@ -240,4 +249,26 @@ func TestOffloadsInSettings(t *testing.T) {
 	if _, err := Parse(nil, map[string]string{"offload.ufo": "off"}); err == nil || !strings.Contains(err.Error(), "offload.lro, offload.rx, offload.sg, offload.tso, offload.tx") {
 		t.Fatalf("unknown offload: %v", err)
 	}
+}
+
+// An offload that cannot be met is an error, and the endpoint's other
+// settings are applied all the same.
+func TestUnmetOffloadKeepsTheRest(t *testing.T) {
+	nstest.Run(t, func() {
+		ns, path := sandbox(t, fmt.Sprintf("wftu%d", os.Getpid()))
+		veth(t, "wftuh", "wftuc")
+		l, _ := netlink.LinkByName("wftuc")
+		moveIn(t, ns, "wftuc", "eth0")
+		s := Settings{TxQueueLen: -1, Sysctls: map[string]string{"net.ipv4.conf.IFNAME.rp_filter": "2"}, Offloads: map[string]bool{"lro": true, "tso": false}}
+		got, err := (Inside{Timeout: 2 * time.Second}).ApplyInside(path, Ident{SrcName: "wftuc", MAC: l.Attrs().HardwareAddr.String(), Index: l.Attrs().Index}, s, "")
+		if err == nil || !strings.Contains(err.Error(), "offload.lro=on on eth0 cannot be met") {
+			t.Fatalf("lro=on on a veth: %v", err)
+		}
+		if !strings.Contains(got, "net.ipv4.conf.eth0.rp_filter=2") || !strings.Contains(got, "offload.tso=off:tx-tcp-segmentation=false") {
+			t.Fatalf("applied %q besides the error", got)
+		}
+		if v := readIn(t, ns, "net/ipv4/conf/eth0/rp_filter")[0]; v != "2" {
+			t.Fatalf("rp_filter %s", v)
+		}
+	})
 }

@@ -66,6 +66,11 @@ type Type struct {
 	// Scope is the label of the plugin instance (scope and store ID) that
 	// goes into the labels of the links this type creates.
 	Scope string
+	// NoLoopbackGuard: no firewall rules are installed (IPTABLES_BACKEND=none),
+	// so none drops a container's packets to the host's 127.0.0.0/8.
+	// route_localnet then stays off, and ports cannot be published on a
+	// loopback address.
+	NoLoopbackGuard bool
 }
 
 // Name implements api.NetworkType.
@@ -151,11 +156,18 @@ func (t *Type) Validate(n *api.Network, existing []*api.Network) error {
 		name = "weft-" + n.ID[:min(10, len(n.ID))]
 	} else if err := api.IfName(OptName, name); err != nil {
 		return err
+	} else if name == "docker0" || name == "docker_gwbridge" {
+		return fmt.Errorf("option %s=%s: %s is the name of Docker's own bridge; weft does not take it over: choose another bridge name", OptName, name, name)
+	} else if api.WeftStyleName(name) {
+		return fmt.Errorf("option %s=%s: names starting with %s are reserved for the interfaces weft creates; choose another bridge name", OptName, name, strings.Join(api.LinkPrefixes, ", "))
 	}
 	for _, e := range existing {
 		if e.State[stBridge] == name {
 			return fmt.Errorf("option %s=%s: bridge %s is already used by weft network %.12s; choose another name", OptName, name, name, e.ID)
 		}
+	}
+	if _, err := netlink.LinkByName(name); err == nil {
+		return fmt.Errorf("option %s=%s: an interface named %s already exists on the host; weft does not take over a device it did not create: choose another bridge name", OptName, name, name)
 	}
 	st[stBridge] = name
 	mtu, err := api.MTU(o, OptMTU, OptMTUShort)
@@ -180,6 +192,9 @@ func (t *Type) Validate(n *api.Network, existing []*api.Network) error {
 		a, err := netip.ParseAddr(h)
 		if err != nil || !a.Is4() {
 			return fmt.Errorf("option %s=%q: want an IPv4 address of this host, e.g. 127.0.0.1", OptHostBinding, h)
+		}
+		if a.IsLoopback() && t.NoLoopbackGuard {
+			return fmt.Errorf("option %s=%s: weft runs with IPTABLES_BACKEND=none, which installs no rule keeping containers off the host's loopback, so ports cannot be published on 127.0.0.0/8; use another address of this host, or set IPTABLES_BACKEND=auto", OptHostBinding, h)
 		}
 		st[stHostIP] = a.String()
 	}
@@ -260,10 +275,12 @@ func (t *Type) ensureBridge(n *api.Network) error {
 	name := BridgeName(n)
 	log := logrus.WithFields(logrus.Fields{"network": n.ID[:min(12, len(n.ID))], "bridge": name})
 	l, err := netlink.LinkByName(name)
+	created := false
 	if err != nil {
 		if !netutil.IsNotFound(err) {
 			return fmt.Errorf("look up bridge %s: %w", name, err)
 		}
+		created = true
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtuOf(n), TxQLen: -1}}
 		if err := netlink.LinkAdd(br); err != nil {
 			return fmt.Errorf("create bridge %s: %w", name, err)
@@ -275,6 +292,10 @@ func (t *Type) ensureBridge(n *api.Network) error {
 	}
 	if _, ok := l.(*netlink.Bridge); !ok {
 		return fmt.Errorf("%s exists but is a %s, not a bridge", name, l.Type())
+	}
+	if a := l.Attrs().Alias; !created && !api.LabelledFor(a, n.ID) {
+		// Someone else's device under this name: never adopt it.
+		return fmt.Errorf("bridge %s of network %.12s: a device named %s exists without weft's label (alias %q); weft does not take over a device it did not create: rename or delete it, then restart the plugin", name, n.ID, name, a)
 	}
 	if l.Attrs().Alias != t.alias(n) {
 		if err := netlink.LinkSetAlias(l, t.alias(n)); err != nil {
@@ -308,20 +329,48 @@ func (t *Type) ensureBridge(n *api.Network) error {
 			return fmt.Errorf("add gateway %s to bridge %s: %w", gw, name, err)
 		}
 	}
+	// Before the bridge is up: Router Advertisements a container sends
+	// must not change the host's routes or addresses.
+	if err := netutil.RefuseRouterAdvertisements(name); err != nil {
+		return fmt.Errorf("bridge %s: %w", name, err)
+	}
+	if t.NoLoopbackGuard {
+		// No rule drops containers' packets to 127.0.0.0/8: keep the
+		// kernel's own wall (route_localnet off), also on a bridge that had it on.
+		if err := netutil.SetIPv4DevConf(l, netutil.IPv4DevConfRouteLocalnet, 0); err != nil {
+			return fmt.Errorf("bridge %s: turn off route_localnet: %w", name, err)
+		}
+	}
 	if err := netlink.LinkSetUp(l); err != nil {
 		return fmt.Errorf("bring up bridge %s: %w", name, err)
 	}
-	// Published ports reached through 127.0.0.1 are routed to the bridge.
-	if err := netutil.SetIPv4DevConf(l, netutil.IPv4DevConfRouteLocalnet, 1); err != nil {
-		log.WithError(err).Warn("cannot enable route_localnet: published ports will not answer on 127.0.0.1")
+	// Published ports reached through 127.0.0.1 are routed to the bridge
+	// (the firewall drops containers' packets to 127.0.0.0/8).
+	if !t.NoLoopbackGuard {
+		if err := netutil.SetIPv4DevConf(l, netutil.IPv4DevConfRouteLocalnet, 1); err != nil {
+			log.WithError(err).Warn("cannot enable route_localnet: published ports will not answer on 127.0.0.1")
+		}
 	}
 	return nil
 }
 
 // DeleteNetwork implements api.NetworkType.
 func (t *Type) DeleteNetwork(n *api.Network, _ []*api.Network) error {
-	if err := netutil.DeleteLink(BridgeName(n)); err != nil {
-		return fmt.Errorf("remove bridge: %w", err)
+	name := BridgeName(n)
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		if netutil.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("remove bridge: look up %s: %w", name, err)
+	}
+	if !api.LabelledFor(l.Attrs().Alias, n.ID) {
+		// Not weft's (someone made a device under the name since): leave it.
+		logrus.WithFields(logrus.Fields{"network": n.ID[:min(12, len(n.ID))], "bridge": name}).Warn("not deleting a device without weft's label: weft did not create it")
+		return nil
+	}
+	if err := netlink.LinkDel(l); err != nil {
+		return fmt.Errorf("remove bridge: delete %s: %w", name, err)
 	}
 	return nil
 }

@@ -73,6 +73,13 @@ func EnsureShim(n *api.Network, scope string, mk func(name string, parentIndex i
 			return fmt.Errorf("host_access: %w", err)
 		}
 		_ = netlink.LinkSetAlias(l, alias(scope, n))
+	} else if !api.LabelledFor(l.Attrs().Alias, n.ID) {
+		return fmt.Errorf("host_access: a device named %s exists without weft's label (alias %q); weft does not take over a device it did not create: rename or delete it", name, l.Attrs().Alias)
+	}
+	// The shim shares a segment with the containers: their Router
+	// Advertisements must not change the host's routes or addresses.
+	if err := netutil.RefuseRouterAdvertisements(name); err != nil {
+		return fmt.Errorf("host_access: %w", err)
 	}
 	addr := netip.MustParsePrefix(n.State[stShimAddr])
 	if err := netlink.AddrReplace(l, netutil.AddrOf(addr)); err != nil {
@@ -89,7 +96,7 @@ func RemoveShim(n *api.Network) error {
 	if ShimName(n) == "" {
 		return nil
 	}
-	return netutil.DeleteLink(ShimName(n))
+	return deleteOwned(ShimName(n))
 }
 
 func hostRoute(n *api.Network, ep *api.Endpoint) (*netlink.Route, error) {

@@ -106,7 +106,7 @@ func check(opt, name, fix string, depth int) error {
 	}
 	of := ""
 	if name != opt {
-		of = fmt.Sprintf("its base interface ")
+		of = "its base interface "
 	}
 	switch name {
 	case "lo":
@@ -118,9 +118,6 @@ func check(opt, name, fix string, depth int) error {
 	if err != nil {
 		if m := vlanName.FindStringSubmatch(name); m != nil && depth < 4 {
 			return check(opt, m[1], fix, depth+1)
-		}
-		if api.WeftStyleName(name) {
-			return refuse("%s%s is a name weft gives its own interfaces", of, name)
 		}
 		return nil
 	}
@@ -261,8 +258,28 @@ func Release(n *api.Network, existing []*api.Network, scope string) error {
 		}
 		return nil
 	}
-	if err := netutil.DeleteLink(n.State[StName]); err != nil {
+	if err := deleteOwned(n.State[StName]); err != nil {
 		return fmt.Errorf("remove parent: %w", err)
+	}
+	return nil
+}
+
+// deleteOwned deletes a link weft made, by name, unless it is not weft's
+// (no weft label): a device someone made in its place is left alone.
+func deleteOwned(name string) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		if netutil.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("look up %s: %w", name, err)
+	}
+	if !api.Labelled(l.Attrs().Alias) {
+		logrus.WithField("link", name).Warn("not deleting an interface without weft's label: weft did not create it")
+		return nil
+	}
+	if err := netlink.LinkDel(l); err != nil {
+		return fmt.Errorf("delete %s: %w", name, err)
 	}
 	return nil
 }

@@ -156,6 +156,9 @@ func (t *Type) Validate(n *api.Network, existing []*api.Network) error {
 	if err := api.IfName(parent.OptParent, pf); err != nil {
 		return err
 	}
+	if err := parent.Check(pf, "give the PF of an SR-IOV NIC"); err != nil {
+		return err
+	}
 	n.State[stPF] = pf
 	c, err := config(n.Options)
 	if err != nil {
